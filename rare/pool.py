@@ -1,0 +1,48 @@
+"""The example pool: (query, positive document) pairs with ids."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from rare.beir_data import BeirDataset, DataError, iter_jsonl
+from rare.prompt import Example
+
+
+def example_id(query: str, document: str) -> str:
+    """Content id, so posting the same pair twice is an idempotent upsert."""
+    return "ex-" + hashlib.sha1(f"{query}\x00{document}".encode()).hexdigest()[:16]
+
+
+def pool_from_beir(ds: BeirDataset, split: str) -> list[Example]:
+    """One pair per query: its highest-graded document, ties broken by the smallest doc id."""
+    out = []
+    for qid, docs in sorted(ds.split(split).items()):
+        positives = [(-score, did) for did, score in docs.items() if score > 0]
+        if not positives:
+            continue
+        _, best = min(positives)
+        out.append(Example(id=qid, query=ds.queries[qid], document=ds.doc_text(best)))
+    return out
+
+
+def pool_from_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"examples file not found: {path}")
+    out = []
+    for i, obj in enumerate(iter_jsonl(path), 1):
+        q, d = obj.get("query"), obj.get("document")
+        if not isinstance(q, str) or not isinstance(d, str) or not q.strip() or not d.strip():
+            raise DataError(f"{path}: record {i} needs non-empty string fields 'query' and 'document'")
+        out.append(Example(id=str(obj.get("id") or example_id(q, d)), query=q, document=d))
+    return out
+
+
+def dedupe(examples: Iterable[Example]) -> list[Example]:
+    """Last one wins per id, first position kept (upsert semantics)."""
+    by_id: dict[str, Example] = {}
+    for ex in examples:
+        by_id[ex.id] = ex
+    return list(by_id.values())

@@ -1,0 +1,141 @@
+"""The augmented query: defined once here, imported by trainer, service and eval.
+
+    Instruct: {task}\\n
+    Query: {q_i}\\nPositive Document: {d_i}\\n\\n      (one block per example, the most similar LAST)
+    Query: {q}
+
+Budget rules, with the model's own tokenizer: each example document is capped to a per-example token
+budget; if the whole string is still over the model's max length, whole examples are dropped starting
+from the least similar. The instruction and the target query are never cut: if they alone are too long,
+`QueryTooLongError` is raised instead of silently truncating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+FORMAT_VERSION = 1
+DEFAULT_INSTRUCTION = "Given a query, retrieve relevant documents that answer the query"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A demonstration: a pool query and its relevant document."""
+
+    id: str
+    query: str
+    document: str
+
+
+@dataclass(frozen=True)
+class ScoredExample:
+    example: Example
+    score: float
+
+
+def example_block(query: str, document: str) -> str:
+    return f"Query: {query}\nPositive Document: {document}\n\n"
+
+
+def format_query(query: str, examples: Sequence[Example], instruction: str | None) -> str:
+    """`examples` come most-similar FIRST (as selectors return them); they are written most-similar LAST.
+
+    With no examples and no instruction the query is returned as is (a plain base-model query).
+    """
+    if not examples and instruction is None:
+        return query
+    head = f"Instruct: {instruction or DEFAULT_INSTRUCTION}\n"
+    blocks = "".join(example_block(ex.query, ex.document) for ex in reversed(examples))
+    return f"{head}{blocks}Query: {query}"
+
+
+class QueryTooLongError(ValueError):
+    def __init__(self, tokens: int, limit: int):
+        super().__init__(
+            f"query is {tokens} tokens with its instruction; the model allows {limit}. "
+            "Shorten the query: it is never truncated silently."
+        )
+        self.tokens = tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class AugmentedQuery:
+    text: str
+    examples: list[ScoredExample] = field(default_factory=list)  # used ones, most similar first
+    tokens: int = 0
+
+
+class PromptBuilder:
+    """Builds augmented queries within a token budget, using the model's own tokenizer."""
+
+    def __init__(self, tokenizer, max_tokens: int, example_doc_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.example_doc_tokens = example_doc_tokens
+        # Caches: pool documents and example blocks recur across queries.
+        self.cap_document = lru_cache(maxsize=65536)(self._cap_document)
+        self._block_tokens = lru_cache(maxsize=65536)(self._count_plain)
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` as the model will see it, special tokens included, without truncation."""
+        return len(
+            self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        )
+
+    def _count_plain(self, text: str) -> int:
+        return len(
+            self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        )
+
+    def _cap_document(self, document: str) -> str:
+        """Cut at a token boundary, in the original characters (no decode round trip)."""
+        enc = self.tokenizer(
+            document,
+            add_special_tokens=False,
+            truncation=False,
+            return_offsets_mapping=True,
+            verbose=False,
+        )
+        offsets = enc["offset_mapping"]
+        n = self.example_doc_tokens
+        if len(offsets) <= n:
+            return document
+        # Back off to a word boundary when the cut would split a word into sub-word pieces.
+        j = n
+        while j > 1 and offsets[j][0] == offsets[j - 1][1]:
+            j -= 1
+        return document[: offsets[(j if j > 1 else n) - 1][1]]
+
+    def build(self, query: str, examples: Sequence[ScoredExample], instruction: str | None) -> AugmentedQuery:
+        """`examples` most similar first; `instruction` None with no examples means a raw query."""
+        instr = instruction if instruction is not None else (DEFAULT_INSTRUCTION if examples else None)
+        bare = format_query(query, [], instr)
+        base_tokens = self.count(bare)
+        if base_tokens > self.max_tokens:
+            raise QueryTooLongError(base_tokens, self.max_tokens)
+        if not examples:
+            return AugmentedQuery(bare, [], base_tokens)
+        capped = [
+            ScoredExample(
+                Example(s.example.id, s.example.query, self.cap_document(s.example.document)), s.score
+            )
+            for s in examples
+        ]
+        # Estimate by summing block costs (exact for whitespace-split tokenizers), then verify exactly.
+        kept: list[ScoredExample] = []
+        total = base_tokens
+        for s in capped:
+            cost = self._block_tokens(example_block(s.example.query, s.example.document))
+            if total + cost > self.max_tokens:
+                break
+            kept.append(s)
+            total += cost
+        while True:
+            text = format_query(query, [s.example for s in kept], instr)
+            tokens = self.count(text)
+            if tokens <= self.max_tokens or not kept:
+                return AugmentedQuery(text, kept, tokens)
+            kept.pop()  # least similar goes first

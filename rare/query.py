@@ -1,0 +1,47 @@
+"""Query side, shared by trainer, service and eval: examples in, the model's input string out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rare.model import LoadedModel
+from rare.prompt import DEFAULT_INSTRUCTION, AugmentedQuery, PromptBuilder, ScoredExample
+
+
+class QueryAugmenter:
+    """Applies a model's RARe settings: its instruction, example budget and length limit.
+
+    A RARe-trained model always sees the instruction (it was trained that way, also for plain
+    queries); a base model sees a raw query unless examples are added (naive in-context examples).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        example_doc_tokens: int | None = None,
+        max_query_tokens: int | None = None,
+        always_instruct: bool | None = None,
+    ):
+        self.model = model
+        limit = min(max_query_tokens or model.rare.max_query_tokens or model.max_tokens, model.max_tokens)
+        self.builder = PromptBuilder(
+            model.tokenizer, limit, example_doc_tokens or model.rare.example_doc_tokens
+        )
+        self.always_instruct = model.rare.trained if always_instruct is None else always_instruct
+
+    def instruction_for(self, instruction: str | None, with_examples: bool) -> str | None:
+        if with_examples or self.always_instruct:
+            return instruction or self.model.rare.instruction or DEFAULT_INSTRUCTION
+        return None
+
+    def build(
+        self, query: str, examples: Sequence[ScoredExample], instruction: str | None = None
+    ) -> AugmentedQuery:
+        """`examples` most similar first, already selected; budget rules of rare.prompt apply."""
+        return self.builder.build(query, examples, self.instruction_for(instruction, bool(examples)))
+
+
+def default_k(model: LoadedModel, configured: int | None = None) -> int:
+    """Configured k wins; else the model's trained k (0, plain search, for a base model)."""
+    return configured if configured is not None else model.rare.k

@@ -1,0 +1,52 @@
+"""The one settings object. Every field is a `RARE_<NAME>` env var and a `--<name>` CLI flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SelectorName = Literal["bm25", "dense", "random"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RARE_", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Where collections, caches and outputs live.")
+    model: str | None = Field(
+        None, description="sentence-transformers model directory or id; unset = bundled all-MiniLM-L6-v2."
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks CUDA when torch sees it.")
+    host: str = Field("127.0.0.1", description="Address the server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the server listens on.")
+    api_key: SecretStr | None = Field(None, description="Bearer key required for writes (and reads if set).")
+    auth_reads: bool = Field(False, description="Require the API key for read endpoints too.")
+    num_examples: int | None = Field(
+        None, ge=0, le=32, description="Default in-context examples per query; unset = the model's own k."
+    )
+    selector: SelectorName | None = Field(
+        None, description="Example selector: bm25 | dense | random; unset = the model's own (bm25)."
+    )
+    example_doc_tokens: int | None = Field(
+        None, ge=8, le=512, description="Token cap for each example document; unset = the model's own (64)."
+    )
+    max_query_tokens: int | None = Field(
+        None, ge=16, description="Token budget of a whole augmented query; unset = the model's max length."
+    )
+    batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
+    max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")
+    max_body_bytes: int = Field(
+        4_000_000, ge=1024, description="Largest request body accepted (413 past it)."
+    )
+    max_top_k: int = Field(1000, ge=1, description="Largest top_k a search may ask for.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Allowed CORS origins (none by default)."
+    )
+    log_level: str = Field("info", description="Log level of the server.")
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from env vars, with explicit (CLI) values on top; None means "not given"."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,342 @@
+"""FastAPI app: routes, auth, limits, metrics and error mapping around the Engine."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import secrets
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rare.collection import CollectionError, InvalidNameError
+from rare.prompt import Example, QueryTooLongError
+from rare.settings import Settings
+from service import schemas as S
+from service.batching import QueueFullError
+from service.engine import BadRequestError, Engine, NotFoundError, UnavailableError
+
+log = logging.getLogger("rare.service")
+access = logging.getLogger("rare.access")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+ERRORS: list[tuple[type[Exception], int]] = [
+    (InvalidNameError, 422),
+    (QueryTooLongError, 422),
+    (BadRequestError, 422),
+    (NotFoundError, 404),
+    (UnavailableError, 503),
+    (CollectionError, 503),
+    (QueueFullError, 429),
+]
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        too_big = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, f"request body over {self.max_bytes} bytes")
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+def check_key(request: Request) -> None:
+    """Bearer key, compared in constant time; a no-op when no key is configured."""
+    settings: Settings = request.app.state.settings
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    if not key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+        raise ApiError(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+def read_auth(request: Request) -> None:
+    if request.app.state.settings.auth_reads:
+        check_key(request)
+
+
+Write = Annotated[None, Depends(check_key)]
+Read = Annotated[None, Depends(read_auth)]
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = engine or Engine(settings)
+    metrics = engine.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if engine.model is None:
+            engine.load()
+        await engine.start()
+        app.state.ready = True
+        log.info("ready: model %s, collections %s", engine.model.name, sorted(engine.collections))
+        yield
+        app.state.ready = False
+        await engine.stop()
+
+    app = FastAPI(
+        title="RARe retrieval service",
+        version="0.1.0",
+        description="Search with query embeddings augmented by in-context examples (RARe).",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    app.state.engine = engine
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            dt = time.perf_counter() - t0
+            metrics.requests.labels(endpoint, request.method, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(dt)
+            access.info(
+                {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "endpoint": endpoint,
+                    "status": status,
+                    "ms": round(dt * 1000, 2),
+                    "client": request.client.host if request.client else None,
+                }
+            )
+
+    # ---------- errors: 4xx with a message, never a traceback ----------
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    for exc_type, status in ERRORS:
+
+        def handler(_: Request, exc: Exception, status: int = status):
+            if status == 429:
+                metrics.rejected.inc()
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+        app.add_exception_handler(exc_type, handler)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    # ---------- search ----------
+    def _response(r, took_ms: float) -> S.SearchResponse:
+        hits = []
+        col_docs = r.collection
+        for doc_id, score in r.result.hits:
+            d = col_docs.document(doc_id)
+            if d is not None:  # deleted between search and lookup
+                hits.append(S.Hit(id=doc_id, score=score, title=d.title, text=d.text))
+        used = [
+            S.UsedExample(
+                id=s.example.id,
+                query=s.example.query,
+                document=s.example.document,
+                score=None if math.isnan(s.score) else s.score,
+            )
+            for s in r.result.augmented.examples
+        ]
+        return S.SearchResponse(
+            results=hits,
+            examples=used,
+            num_examples=len(used),
+            query_tokens=r.result.augmented.tokens,
+            took_ms=took_ms,
+        )
+
+    class _R:
+        def __init__(self, collection, result):
+            self.collection, self.result = collection, result
+
+    async def _run_searches(reqs: list[S.SearchRequest]) -> list[_R]:
+        # Group by (collection, top_k, k, caller-examples or not) so each group is one batched call.
+        out: list = [None] * len(reqs)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(reqs):
+            groups.setdefault(
+                (r.collection, r.top_k, engine.resolve_k(r.num_examples), r.examples is not None), []
+            ).append(i)
+        for (name, top_k, k, has_given), idxs in groups.items():
+            col = engine.collection(name)
+            given = (
+                [[Example(None, e.query, e.document) for e in reqs[i].examples] for i in idxs]
+                if has_given
+                else None
+            )
+            results = await engine.search([reqs[i].query for i in idxs], col, top_k, k, given)
+            for i, res in zip(idxs, results, strict=True):
+                out[i] = _R(col, res)
+        return out
+
+    @app.post("/search", response_model=S.SearchResponse, tags=["search"])
+    async def search(body: S.SearchRequest, _: Read) -> S.SearchResponse:
+        t0 = time.perf_counter()
+        (r,) = await _run_searches([body])
+        return _response(r, (time.perf_counter() - t0) * 1000)
+
+    @app.post("/search/batch", response_model=S.SearchBatchResponse, tags=["search"])
+    async def search_batch(body: S.SearchBatchRequest, _: Read) -> S.SearchBatchResponse:
+        t0 = time.perf_counter()
+        rs = await _run_searches(body.queries)
+        took = (time.perf_counter() - t0) * 1000
+        return S.SearchBatchResponse(responses=[_response(r, took) for r in rs], took_ms=took)
+
+    # ---------- embeddings ----------
+    @app.post("/embed", response_model=S.EmbedResponse, tags=["embeddings"])
+    async def embed(body: S.EmbedRequest, _: Read) -> S.EmbedResponse:
+        if body.type == "document":
+            vecs, tokens = await engine.encode_documents(body.texts)
+        else:
+            k = engine.resolve_k(body.num_examples)
+            col = engine.collection(body.collection) if k > 0 else None
+            aug = await engine.augment(body.texts, col, k)
+            vecs = await engine.encode([a.text for a in aug], [a.tokens for a in aug], "query")
+            tokens = sum(a.tokens for a in aug)
+        return S.EmbedResponse(
+            embeddings=vecs.tolist(), dim=vecs.shape[1], model=engine.model.name, tokens=tokens
+        )
+
+    @app.post("/v1/embeddings", response_model=S.OpenAIEmbeddingResponse, tags=["embeddings"])
+    async def openai_embeddings(body: S.OpenAIEmbeddingRequest, _: Read) -> S.OpenAIEmbeddingResponse:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        vecs, tokens = await engine.encode_documents(texts)
+        data = []
+        for i, v in enumerate(vecs):
+            emb = (
+                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+                if body.encoding_format == "base64"
+                else v.tolist()
+            )
+            data.append(S.OpenAIEmbedding(index=i, embedding=emb))
+        return S.OpenAIEmbeddingResponse(
+            data=data,
+            model=body.model or engine.model.name,
+            usage=S.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    # ---------- collection writes ----------
+    @app.get("/collections", response_model=S.CollectionsResponse, tags=["collections"])
+    async def collections(_: Read) -> S.CollectionsResponse:
+        return S.CollectionsResponse(
+            collections=[S.CollectionInfo(**c.stats()) for c in engine.collections.values()],
+            unavailable=engine.unavailable,
+        )
+
+    @app.post("/collections/{name}/documents", response_model=S.DocumentsUpsert, tags=["collections"])
+    async def upsert_documents(name: str, docs: list[S.DocumentIn], _: Write) -> S.DocumentsUpsert:
+        if not 1 <= len(docs) <= 1024:
+            raise ApiError(422, "send 1 to 1024 documents per call")
+        if len({d.id for d in docs}) != len(docs):
+            raise ApiError(422, "duplicate document ids in one call")
+        col = await engine.upsert_documents(name, [(d.id, d.title, d.text) for d in docs])
+        return S.DocumentsUpsert(upserted=len(docs), documents=len(col.docs))
+
+    @app.delete("/collections/{name}/documents/{doc_id}", response_model=S.Deleted, tags=["collections"])
+    async def delete_document(name: str, doc_id: str, _: Write) -> S.Deleted:
+        if not await engine.delete_document(name, doc_id):
+            raise ApiError(404, f"document '{doc_id}' not found in collection '{name}'")
+        return S.Deleted(deleted=True, id=doc_id)
+
+    @app.post("/collections/{name}/examples", response_model=S.ExamplesUpsert, tags=["collections"])
+    async def upsert_examples(name: str, examples: list[S.ExampleIn], _: Write) -> S.ExamplesUpsert:
+        if not 1 <= len(examples) <= 1024:
+            raise ApiError(422, "send 1 to 1024 examples per call")
+        col, ids = await engine.upsert_examples(name, [(e.query, e.document) for e in examples])
+        return S.ExamplesUpsert(ids=ids, examples=len(col.examples))
+
+    @app.delete("/collections/{name}/examples/{ex_id}", response_model=S.Deleted, tags=["collections"])
+    async def delete_example(name: str, ex_id: str, _: Write) -> S.Deleted:
+        if not await engine.delete_example(name, ex_id):
+            raise ApiError(404, f"example '{ex_id}' not found in collection '{name}'")
+        return S.Deleted(deleted=True, id=ex_id)
+
+    # ---------- operations ----------
+    @app.get("/health", response_model=S.Status, tags=["ops"])
+    async def health() -> JSONResponse:
+        try:
+            await engine.check()
+        except Exception as exc:
+            return JSONResponse({"status": "unhealthy", "detail": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready", response_model=S.Status, tags=["ops"])
+    async def ready() -> JSONResponse:
+        if not app.state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        if engine.unavailable:
+            detail = "; ".join(f"{n}: {m}" for n, m in engine.unavailable.items())
+            return JSONResponse({"status": "degraded", "detail": detail}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        for b in (engine.encoder, engine.searcher):
+            if b is not None:
+                metrics.queue.labels(b.name).set(b.pending)
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/info", tags=["ops"])
+    async def info(_: Read) -> dict:
+        return engine.info()
+
+    return app

@@ -1,0 +1,110 @@
+"""Dynamic batching: concurrent requests are grouped into one model or FAISS call, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """Backpressure: the queue is past its configured size; the caller should retry later (429)."""
+
+
+@dataclass
+class _Item:
+    payload: Any
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Runs `process(payloads) -> results` on one worker thread, batching whatever is queued.
+
+    `fits(batch, payload)` says whether `payload` may join `batch` (a token budget, a count, ...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        process: Callable[[list[Any]], Sequence[Any]],
+        fits: Callable[[list[Any], Any], bool],
+        max_queue: int,
+        on_batch: Callable[[list[Any]], None] | None = None,
+    ):
+        self.name = name
+        self._process = process
+        self._fits = fits
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, payloads: Sequence[Any]) -> list[Any]:
+        if self._task is None or self._task.done():
+            raise RuntimeError(f"{self.name} batcher is not running")
+        if self.pending + len(payloads) > self.max_queue:
+            raise QueueFullError(f"{self.name} queue is full ({self.pending} waiting); retry later")
+        loop = asyncio.get_running_loop()
+        items = [_Item(p, loop.create_future()) for p in payloads]
+        self._queue.extend(items)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch: list[_Item] = []
+                while self._queue and (
+                    not batch or self._fits([i.payload for i in batch], self._queue[0].payload)
+                ):
+                    item = self._queue.popleft()
+                    if not item.future.done():  # skip callers that went away
+                        batch.append(item)
+                if not batch:
+                    continue
+                payloads = [i.payload for i in batch]
+                try:
+                    results = await loop.run_in_executor(self._executor, self._process, payloads)
+                except Exception as exc:  # one bad batch must not kill the worker
+                    log.exception("%s batch of %d failed", self.name, len(batch))
+                    for i in batch:
+                        if not i.future.done():
+                            i.future.set_exception(exc)
+                    continue
+                if self._on_batch:
+                    self._on_batch(payloads)
+                for i, r in zip(batch, results, strict=True):
+                    if not i.future.done():
+                        i.future.set_result(r)

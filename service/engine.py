@@ -1,0 +1,256 @@
+"""The serving engine: model, collections, batchers. No HTTP here; the app maps its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from rare.collection import Collection, CollectionError, list_collections, validate_name
+from rare.encoding import token_lengths
+from rare.model import LoadedModel, load_model
+from rare.pool import example_id
+from rare.prompt import AugmentedQuery, Example, ScoredExample
+from rare.query import QueryAugmenter, default_k
+from rare.settings import Settings
+from service.batching import MicroBatcher
+from service.metrics import Metrics
+
+log = logging.getLogger("rare.service")
+
+SEARCH_BATCH = 256
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+class UnavailableError(RuntimeError):
+    pass
+
+
+class BadRequestError(ValueError):
+    pass
+
+
+@dataclass
+class QueryResult:
+    hits: list[tuple[str, float]]
+    augmented: AugmentedQuery
+
+
+class Engine:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.model: LoadedModel | None = None
+        self.augmenter: QueryAugmenter | None = None
+        self.collections: dict[str, Collection] = {}
+        self.unavailable: dict[str, str] = {}
+        self._create_lock = asyncio.Lock()
+        self.encoder: MicroBatcher | None = None
+        self.searcher: MicroBatcher | None = None
+
+    # ---------- lifecycle ----------
+    def load(self) -> None:
+        s = self.settings
+        self.model = load_model(s.model, s.device)
+        self.augmenter = QueryAugmenter(
+            self.model, example_doc_tokens=s.example_doc_tokens, max_query_tokens=s.max_query_tokens
+        )
+        for name in list_collections(s.data_dir):
+            self._open(name)
+
+    def _open(self, name: str) -> None:
+        try:
+            self.collections[name] = Collection.open(self.settings.data_dir, name, self.model)
+            self.unavailable.pop(name, None)
+            log.info(
+                "collection '%s' loaded: %d documents, %d examples",
+                name,
+                len(self.collections[name].docs),
+                len(self.collections[name].examples),
+            )
+        except CollectionError as exc:
+            # Refuse this one collection, keep serving the rest; /ready reports it.
+            self.unavailable[name] = str(exc)
+            log.error("collection '%s' refused: %s", name, exc)
+
+    async def start(self) -> None:
+        s, m = self.settings, self.metrics
+
+        def fits_tokens(batch: list, item) -> bool:
+            longest = max(max(t for _, t in batch), item[1])
+            return (len(batch) + 1) * longest <= s.batch_tokens
+
+        def on_encode(batch: list) -> None:
+            m.batch_size.labels("encode").observe(len(batch))
+            m.tokens.labels("encoded").inc(sum(t for _, t in batch))
+
+        self.encoder = MicroBatcher("encode", self._encode_batch, fits_tokens, s.max_queue, on_encode)
+        self.searcher = MicroBatcher(
+            "search",
+            self._search_batch,
+            lambda b, _: len(b) < SEARCH_BATCH,
+            s.max_queue,
+            lambda b: m.batch_size.labels("search").observe(len(b)),
+        )
+        self.encoder.start()
+        self.searcher.start()
+
+    async def stop(self) -> None:
+        for b in (self.encoder, self.searcher):
+            if b is not None:
+                await b.stop()
+        for col in self.collections.values():
+            col.close()
+
+    # ---------- batch workers (run on their own threads) ----------
+    def _encode_batch(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
+        texts = [t for t, _ in items]
+        emb = self.model.st.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return list(emb)
+
+    def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (col, _, _) in enumerate(items):
+            groups.setdefault(id(col), []).append(i)
+        for idxs in groups.values():
+            col = items[idxs[0]][0]
+            k = max(items[i][2] for i in idxs)
+            hits = col.search(np.stack([items[i][1] for i in idxs]), k)
+            for i, h in zip(idxs, hits, strict=True):
+                out[i] = h[: items[i][2]]
+        return out
+
+    def queue_size(self) -> int:
+        return sum(b.pending for b in (self.encoder, self.searcher) if b is not None)
+
+    # ---------- collections ----------
+    def collection(self, name: str) -> Collection:
+        validate_name(name)
+        col = self.collections.get(name)
+        if col is not None:
+            return col
+        if name in self.unavailable:
+            raise UnavailableError(f"collection '{name}' is unavailable: {self.unavailable[name]}")
+        raise NotFoundError(
+            f"collection '{name}' not found; create it with `rare index --collection {name}` "
+            f"or POST /collections/{name}/documents"
+        )
+
+    async def writable_collection(self, name: str) -> Collection:
+        """Writes create a missing collection, with this server's model."""
+        validate_name(name)
+        if name in self.collections:
+            return self.collections[name]
+        async with self._create_lock:
+            if name not in self.collections:
+                if name in self.unavailable:
+                    raise UnavailableError(f"collection '{name}' is unavailable: {self.unavailable[name]}")
+                self.collections[name] = await asyncio.to_thread(
+                    Collection.create, self.settings.data_dir, name, self.model
+                )
+        return self.collections[name]
+
+    # ---------- encoding ----------
+    async def encode(self, texts: list[str], lengths: list[int], kind: str) -> np.ndarray:
+        self.metrics.tokens.labels(kind).inc(sum(lengths))
+        vecs = await self.encoder.submit(list(zip(texts, lengths, strict=True)))
+        return np.stack(vecs)
+
+    async def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        lengths = [int(x) for x in token_lengths(self.model, texts)]
+        return await self.encode(texts, lengths, "document"), sum(lengths)
+
+    def resolve_k(self, requested: int | None) -> int:
+        return requested if requested is not None else default_k(self.model, self.settings.num_examples)
+
+    async def augment(
+        self, queries: list[str], col: Collection | None, k: int, given: list[list[Example]] | None = None
+    ) -> list[AugmentedQuery]:
+        """Examples (caller-supplied or retrieved from the collection's pool), then the budgeted string."""
+        if given is not None:
+            chosen = [[ScoredExample(e, float("nan")) for e in g] for g in given]
+        elif k > 0 and col is not None:
+            chosen = await asyncio.to_thread(col.select_examples, queries, k)
+        else:
+            chosen = [[] for _ in queries]
+        instruction = col.manifest.instruction if col is not None else None
+        out = [self.augmenter.build(q, ex, instruction) for q, ex in zip(queries, chosen, strict=True)]
+        for a in out:
+            self.metrics.examples.observe(len(a.examples))
+        return out
+
+    async def search(
+        self,
+        queries: list[str],
+        col: Collection,
+        top_k: int,
+        k: int,
+        given: list[list[Example]] | None = None,
+    ) -> list[QueryResult]:
+        if top_k > self.settings.max_top_k:
+            raise BadRequestError(f"top_k must be at most {self.settings.max_top_k}")
+        aug = await self.augment(queries, col, k, given)
+        vecs = await self.encode([a.text for a in aug], [a.tokens for a in aug], "query")
+        hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
+        return [QueryResult(h, a) for h, a in zip(hits, aug, strict=True)]
+
+    # ---------- writes ----------
+    async def upsert_documents(self, name: str, docs: list[tuple[str, str, str]]) -> Collection:
+        from rare.beir_data import doc_text
+
+        col = await self.writable_collection(name)
+        emb, _ = await self.encode_documents([doc_text(t, x) for _, t, x in docs])
+        await asyncio.to_thread(col.upsert_documents, docs, emb)
+        return col
+
+    async def delete_document(self, name: str, doc_id: str) -> bool:
+        col = self.collection(name)
+        return await asyncio.to_thread(col.delete_document, doc_id)
+
+    async def upsert_examples(self, name: str, pairs: list[tuple[str, str]]) -> tuple[Collection, list[str]]:
+        col = await self.writable_collection(name)
+        exs = [Example(example_id(q, d), q, d) for q, d in pairs]
+        await asyncio.to_thread(col.upsert_examples, exs)
+        return col, [e.id for e in exs]
+
+    async def delete_example(self, name: str, ex_id: str) -> bool:
+        col = self.collection(name)
+        return await asyncio.to_thread(col.delete_example, ex_id)
+
+    # ---------- health ----------
+    async def check(self) -> None:
+        """Really run the model and each index; raise if either fails."""
+        if self.model is None or self.encoder is None:
+            raise UnavailableError("model not loaded")
+        t = time.perf_counter()
+        vec = await self.encode(["health check"], [4], "health")
+        for col in list(self.collections.values()):
+            await asyncio.to_thread(col.search, vec, 1)
+        log.debug("health check %.1f ms", (time.perf_counter() - t) * 1000)
+
+    def info(self) -> dict:
+        m = self.model
+        return {
+            "model": m.info() if m else None,
+            "rare": {
+                "default_num_examples": default_k(m, self.settings.num_examples) if m else None,
+                "example_doc_tokens": self.augmenter.builder.example_doc_tokens if self.augmenter else None,
+                "max_query_tokens": self.augmenter.builder.max_tokens if self.augmenter else None,
+                "format": "Instruct: {task}\\n + (Query: {q_i}\\nPositive Document: {d_i}\\n\\n)* + Query: {q}",
+            },
+            "collections": {n: c.stats() for n, c in self.collections.items()},
+            "unavailable": self.unavailable,
+        }

@@ -1,0 +1,40 @@
+"""Prometheus metrics, on a registry of the app's own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "rare_requests_total", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "rare_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.queue = Gauge(
+            "rare_queue_size", "Texts waiting to be batched", ["batcher"], registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "rare_batch_size",
+            "Items per batch",
+            ["batcher"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
+        self.tokens = Counter("rare_tokens_total", "Tokens encoded", ["kind"], registry=self.registry)
+        self.examples = Histogram(
+            "rare_examples_per_query",
+            "In-context examples used per query",
+            registry=self.registry,
+            buckets=(0, 1, 2, 3, 4, 5, 8, 16, 32),
+        )
+        self.rejected = Counter(
+            "rare_rejected_total", "Requests refused by backpressure", registry=self.registry
+        )

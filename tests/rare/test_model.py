@@ -1,0 +1,65 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rare.encoding import encode_texts, plan_batches
+from rare.model import ModelNotFoundError, RareConfig, resolve_model_path
+
+
+def test_default_model_loads_offline_384_dims_normalized(model):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert model.dim == 384 and model.max_tokens == 256
+    emb = encode_texts(model, ["a cat on a mat", "stock markets"])
+    assert emb.shape == (2, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert not model.rare.trained and model.rare.k == 0  # base model: plain search by default
+
+
+def test_token_budget_batching_matches_plain_encode(model):
+    texts = ["short", "a somewhat longer sentence about retrieval", "x " * 300, "medium length text here"]
+    ours = encode_texts(model, texts, batch_tokens=300)
+    ref = model.st.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_plan_batches_respects_budget():
+    lengths = np.array([5, 100, 20, 100, 50])
+    batches = plan_batches(lengths, 200)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    for b in batches:
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 200
+
+
+def test_missing_model_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no directory at"):
+        resolve_model_path(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError, match="neither a local directory nor in the offline"):
+        resolve_model_path("some-org/not-a-cached-model")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rare_cli.main",
+            "index",
+            "--documents",
+            "x.jsonl",
+            "--model",
+            str(tmp_path / "nope"),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: model not found: no directory at {tmp_path / 'nope'}"
+
+
+def test_rare_config_roundtrip(tmp_path):
+    assert RareConfig.load(tmp_path) == RareConfig()
+    RareConfig(k=5, trained=True, instruction="t").save(tmp_path)
+    cfg = RareConfig.load(tmp_path)
+    assert cfg.k == 5 and cfg.trained and cfg.instruction == "t"

@@ -1,0 +1,195 @@
+"""A real `rare serve` on a free loopback port, the real model and a real FAISS index."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rare.beir_data import load_beir
+from rare.encoding import encode_texts
+from rare.pool import pool_from_beir
+from rare.selection import make_selector
+from tests.conftest import running_server, start_server, stop_server
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_collection_dir):
+    import shutil
+
+    data = tmp_path_factory.mktemp("srv") / "data"
+    shutil.copytree(tiny_collection_dir, data)
+    srv = start_server(
+        data,
+        data.parent / "server.log",
+        env={"RARE_API_KEY": KEY, "RARE_MAX_BODY_BYTES": "20000", "RARE_MAX_QUEUE": "64"},
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with server.client() as c:
+        yield c
+
+
+def test_search_returns_the_expected_document(http):
+    r = http.post("/search", json={"query": "which organ produces insulin", "collection": "tiny", "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["id"] == "d10"
+    assert body["results"][0]["title"] == "Insulin"
+    assert body["examples"] == [] and body["num_examples"] == 0  # base model: plain by default
+    assert len(body["results"]) == 3 and body["took_ms"] > 0
+
+
+def test_examples_used_are_returned_and_are_the_nearest_pool_queries(http, tiny_dir):
+    query = "why do volcanoes erupt lava"
+    r = http.post("/search", json={"query": query, "collection": "tiny", "num_examples": 2})
+    assert r.status_code == 200, r.text
+    used = r.json()["examples"]
+    pool = pool_from_beir(load_beir(tiny_dir), "train")
+    expected = make_selector("bm25", pool).select([query], 2)[0]
+    assert [e["id"] for e in used] == [s.example.id for s in expected]
+    assert used[0]["id"] == "q2" and used[0]["query"] == "what makes a volcano erupt"
+    assert used[0]["score"] >= used[-1]["score"]
+
+
+def test_caller_supplied_examples_override_retrieval(http):
+    ex = [{"query": "how do bees store honey", "document": "Bees store honey in wax combs."}]
+    r = http.post("/search", json={"query": "honey storage", "collection": "tiny", "examples": ex})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [e["query"] for e in body["examples"]] == ["how do bees store honey"]
+    assert body["examples"][0]["score"] is None
+    assert body["results"][0]["id"] == "d3"
+
+
+def test_batch_search(http):
+    body = {
+        "queries": [
+            {"query": "which organ produces insulin", "collection": "tiny"},
+            {"query": "how is a rainbow formed", "collection": "tiny"},
+            {"query": "what makes volcanoes erupt", "collection": "tiny", "num_examples": 1},
+        ]
+    }
+    r = http.post("/search/batch", json=body)
+    assert r.status_code == 200, r.text
+    rs = r.json()["responses"]
+    assert [x["results"][0]["id"] for x in rs[:2]] == ["d10", "d15"]
+    assert [x["num_examples"] for x in rs] == [0, 0, 1]
+
+
+def test_embed_matches_in_process_encoding(http, model):
+    texts = ["Glaciers form from snow", "Rainbows need sunlight"]
+    for kind in ("document", "query"):
+        r = http.post("/embed", json={"texts": texts, "type": kind, "collection": "tiny"})
+        assert r.status_code == 200, r.text
+        got = np.array(r.json()["embeddings"])
+        np.testing.assert_allclose(got, encode_texts(model, texts), atol=1e-4)
+    r = http.post("/embed", json={"texts": ["volcano lava"], "num_examples": 1, "collection": "tiny"})
+    assert r.status_code == 200 and r.json()["tokens"] > 5
+
+
+def test_openai_client_gets_the_same_embeddings(server, model):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    texts = ["Insulin is a hormone", "Tides follow the Moon"]
+    ref = encode_texts(model, texts)
+    got = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # the client asks for base64
+    np.testing.assert_allclose(np.array([d.embedding for d in got.data]), ref, atol=1e-4)
+    assert got.usage.prompt_tokens > 0
+    got = client.embeddings.create(model="x", input="Insulin is a hormone", encoding_format="float")
+    np.testing.assert_allclose(got.data[0].embedding, ref[0], atol=1e-4)
+
+
+def test_auth_required_for_every_write(http):
+    doc = [{"id": "z", "text": "zzz"}]
+    ex = [{"query": "q", "document": "d"}]
+    calls = [
+        ("POST", "/collections/tiny/documents", doc),
+        ("DELETE", "/collections/tiny/documents/d1", None),
+        ("POST", "/collections/tiny/examples", ex),
+        ("DELETE", "/collections/tiny/examples/q1", None),
+    ]
+    for method, path, body in calls:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            r = http.request(method, path, json=body, headers=headers)
+            assert r.status_code == 401, (method, path, headers, r.text)
+            assert r.json()["detail"] == "missing or invalid API key"
+    r = http.post("/collections/tiny/examples", json=ex, headers=AUTH)
+    assert r.status_code == 200 and r.json()["ids"][0].startswith("ex-")
+    assert http.delete(f"/collections/tiny/examples/{r.json()['ids'][0]}", headers=AUTH).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        ({"query": ""}, 422, "at least 1 character"),
+        ({"query": "   ", "collection": "tiny"}, 422, "must not be empty"),
+        ({"query": "x", "collection": "tiny", "top_k": 0}, 422, "greater than or equal to 1"),
+        ({"query": "x", "collection": "tiny", "top_k": 5000}, 422, "top_k must be at most 1000"),
+        ({"query": "x", "collection": "nope"}, 404, "collection 'nope' not found"),
+        ({"query": "x", "collection": "../etc"}, 422, "invalid collection name"),
+        ({"query": "x", "collection": "tiny", "topk": 3}, 422, "Extra inputs are not permitted"),
+        ({"query": "word " * 400, "collection": "tiny"}, 422, "the model allows 256"),
+        ({"query": "x", "collection": "tiny", "num_examples": 99}, 422, "less than or equal to 32"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_message(http, body, status, fragment):
+    r = http.post("/search", json=body)
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+    assert "Traceback" not in r.text
+
+
+def test_malformed_json_and_oversize_body(http):
+    r = http.post("/search", content=b"{bad json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON decode error" in r.text
+    r = http.post("/search", json={"query": "x" * 30000, "collection": "tiny"})
+    assert r.status_code == 413 and "over 20000 bytes" in r.text
+
+
+def test_ops_endpoints(http):
+    assert http.get("/health").json() == {"status": "ok"}
+    assert http.get("/ready").json() == {"status": "ready"}
+    info = http.get("/info").json()
+    assert info["model"]["dim"] == 384 and info["collections"]["tiny"]["documents"] >= 16
+    assert info["rare"]["default_num_examples"] == 0
+    metrics = http.get("/metrics").text
+    assert 'rare_requests_total{endpoint="/search",method="POST",status="200"}' in metrics
+    assert "rare_request_duration_seconds_bucket" in metrics and "rare_batch_size_bucket" in metrics
+    assert 'rare_tokens_total{kind="query"}' in metrics
+    cols = http.get("/collections").json()
+    assert [c["name"] for c in cols["collections"]] == ["tiny"] and cols["unavailable"] == {}
+    assert http.get("/openapi.json").status_code == 200
+
+
+def test_structured_log_line_per_request(server, http):
+    http.get("/ready")
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    access = [x for x in lines if x.get("logger") == "rare.access"]
+    assert access and {"method", "path", "status", "ms"} <= set(access[-1])
+
+
+def test_backpressure_answers_429_not_a_hang(tmp_path, data_dir):
+    with running_server(data_dir, tmp_path / "s.log", env={"RARE_MAX_QUEUE": "4"}) as srv, srv.client() as c:
+        ok = c.post("/embed", json={"texts": ["a"] * 4, "type": "document"})
+        assert ok.status_code == 200
+        r = c.post("/embed", json={"texts": ["a"] * 5, "type": "document"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert "queue is full" in r.json()["detail"]
+
+
+def test_read_auth_when_configured(tmp_path, data_dir):
+    env = {"RARE_API_KEY": KEY, "RARE_AUTH_READS": "true"}
+    with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
+        assert c.post("/search", json={"query": "x", "collection": "tiny"}).status_code == 401
+        assert c.post("/search", json={"query": "x", "collection": "tiny"}, headers=AUTH).status_code == 200
+        assert c.get("/health").status_code == 200  # probes stay open

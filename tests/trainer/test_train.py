@@ -1,0 +1,109 @@
+"""Training on the tiny fixture: an overfit check that can fail, self-exclusion, reload, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rare.beir_data import load_beir
+from rare.encoding import encode_texts
+from rare.model import load_model
+from trainer.config import TrainConfig
+from trainer.data import build_samples, load_sources, to_dataset
+from trainer.train import checkpoint_dir, run_training
+from trainer.weighting import easy_sample_weights
+
+
+def cfg(tmp_path, tiny_dir, **kw) -> TrainConfig:
+    base = dict(
+        beir=[tiny_dir],
+        output=tmp_path / "model",
+        device="cpu",
+        k=2,
+        batch_size=4,
+        lr=1e-4,
+        hard_negatives=1,
+        skip_top=0,
+        save_steps=2,
+        show_progress=False,
+        cache_dir=tmp_path / "cache",
+        max_seq_length=256,
+        plain_fraction=0.3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def corpus_loss(model, tiny_dir, samples) -> float:
+    """Mean -log p(positive | anchor) against the whole corpus at temperature 0.05: the objective training
+    lowers, measured on the training anchors exactly as built (examples included)."""
+    ds = load_beir(tiny_dir)
+    ids = list(ds.corpus)
+    docs = encode_texts(model, [ds.doc_text(i) for i in ids])
+    anchors = encode_texts(model, [s.anchor for s in samples])
+    qrels = ds.split("train")
+    logits = anchors @ docs.T / 0.05
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    pos = [ids.index(next(iter(qrels[s.query_id]))) for s in samples]
+    return float(-logp[np.arange(len(samples)), pos].mean())
+
+
+def test_training_queries_never_use_themselves_as_examples(tmp_path, tiny_dir, model):
+    c = cfg(
+        tmp_path, tiny_dir, plain_fraction=0.0, k=3, selector="dense"
+    )  # dense: every query has neighbours
+    samples = build_samples(c, model, load_sources(c, model))
+    assert len(samples) == 8
+    for s in samples:
+        assert s.example_ids and s.query_id not in s.example_ids
+        assert s.anchor.endswith(f"Query: {s.query}")
+        assert s.anchor.count("Query: ") == len(s.example_ids) + 1
+        assert s.query not in s.anchor[: -len(s.query)]  # its own text is not among the examples
+        assert len(s.negatives) == 1 and s.negatives[0] != s.positive
+    ds = to_dataset(samples)
+    assert ds.column_names == ["anchor", "positive", "negative_1", "label"]
+
+
+def test_plain_fraction_and_vary_k(tmp_path, tiny_dir, model):
+    c = cfg(tmp_path, tiny_dir, plain_fraction=1.0)
+    assert all(not s.example_ids for s in build_samples(c, model, load_sources(c, model)))
+    c = cfg(tmp_path, tiny_dir, plain_fraction=0.0, k=3, vary_k=True, seed=3)
+    ks = {len(s.example_ids) for s in build_samples(c, model, load_sources(c, model))}
+    assert len(ks) > 1 and max(ks) <= 3
+
+
+def test_easy_sample_weights_favour_low_loss():
+    w = easy_sample_weights(np.array([0.1, 1.0, 3.0]))
+    assert w[0] > w[1] > w[2] and abs(w.mean() - 1) < 1e-9
+
+
+def test_overfit_lowers_the_loss_and_model_reloads_with_its_settings(tmp_path, tiny_dir, model):
+    c = cfg(tmp_path, tiny_dir, max_steps=8, forgetting_aware=True)
+    samples = build_samples(c, model, load_sources(c, model))
+    before = corpus_loss(model, tiny_dir, samples)
+    summary = run_training(c)
+    assert summary["global_step"] == 8 and summary["forgetting_aware"]["weight_max"] > 1
+    trained = load_model(str(c.output), "cpu", cache=False)
+    assert trained.rare.trained and trained.rare.k == 2 and trained.rare.selector == "bm25"
+    assert trained.rare.max_query_tokens == 256 and trained.rare.training["datasets"] == ["tiny"]
+    assert trained.fingerprint != model.fingerprint
+    after = corpus_loss(trained, tiny_dir, samples)
+    assert after < 0.7 * before, (before, after)
+    assert not checkpoint_dir(c.output).exists()
+    assert load_model(None, "cpu").fingerprint == model.fingerprint  # the shared base model is untouched
+
+
+def test_resume_from_checkpoint(tmp_path, tiny_dir):
+    c = cfg(tmp_path, tiny_dir, max_steps=2, keep_checkpoints=True, hard_negatives=0)
+    first = run_training(c)
+    assert first["resumed_from"] is None and (checkpoint_dir(c.output) / "checkpoint-2").is_dir()
+    second = run_training(c.model_copy(update={"max_steps": 4}))
+    assert second["resumed_from"].endswith("checkpoint-2")
+    assert second["global_step"] == 4
+
+
+def test_no_training_data_is_a_clear_error(tmp_path):
+    from rare.beir_data import DataError
+
+    with pytest.raises(DataError, match="no training pairs"):
+        run_training(TrainConfig(output=tmp_path / "m", device="cpu", show_progress=False))

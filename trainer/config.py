@@ -1,0 +1,39 @@
+"""Training configuration (the `rare train` flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class TrainConfig(BaseModel):
+    beir: list[Path] = Field(default_factory=list)
+    jsonl: list[Path] = Field(default_factory=list)
+    output: Path
+    model: str | None = None
+    device: str = "auto"
+    k: int = Field(5, ge=0, le=32)
+    selector: Literal["bm25", "dense", "random"] = "bm25"
+    plain_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    vary_k: bool = False
+    hard_negatives: int = Field(1, ge=0, le=16)
+    skip_top: int = Field(3, ge=0)
+    temperature: float = Field(0.05, gt=0.0)
+    forgetting_aware: bool = False
+    forgetting_temperature: float = Field(1.0, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(5e-5, gt=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    doc_tokens: int = Field(256, ge=16)
+    example_doc_tokens: int = Field(64, ge=8)
+    max_seq_length: int = Field(512, ge=32)
+    save_steps: int = Field(100, ge=1)
+    seed: int = 0
+    resume: bool = True
+    keep_checkpoints: bool = False
+    show_progress: bool = True
+    cache_dir: Path | None = Path("var/cache")

@@ -1,0 +1,32 @@
+"""Contrastive loss: in-batch and hard negatives, a temperature, optional per-sample weights."""
+
+from __future__ import annotations
+
+import torch
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
+
+
+class WeightedInfoNCE(nn.Module):
+    """InfoNCE over [all positives; all hard negatives] of the batch (MultipleNegativesRankingLoss),
+    each sample's term weighted by its `label` (1.0 = plain MNRL; forgetting-aware weights otherwise)."""
+
+    def __init__(self, model, temperature: float = 0.05):
+        super().__init__()
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, sentence_features, labels: Tensor | None) -> Tensor:
+        emb = embed_columns(self.model, sentence_features)
+        anchors = nn.functional.normalize(emb[0], dim=-1)
+        cands = nn.functional.normalize(torch.cat(emb[1:], dim=0), dim=-1)
+        logits = anchors @ cands.T / self.temperature
+        target = torch.arange(anchors.size(0), device=anchors.device)
+        per_sample = nn.functional.cross_entropy(logits, target, reduction="none")
+        if labels is None:
+            return per_sample.mean()
+        w = labels.to(per_sample.dtype)
+        return (w * per_sample).sum() / w.sum().clamp_min(1e-8)
+
+    def get_config_dict(self) -> dict:
+        return {"temperature": self.temperature}
