@@ -1,4 +1,4 @@
-"""Example pools for test queries: the train split, else dev, else a leak-free k-fold over the test queries."""
+"""Example pools for test queries: the train split, else dev, else a leak-free k-fold over test queries."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ class IndexSpecError(ValueError):
 
 
 def make_index(spec: str, dim: int) -> faiss.Index:
-    """An id-mapped inner-product index from a factory string such as Flat, IVF256,Flat, HNSW32, IVF64,PQ16."""
+    """An id-mapped inner-product index from a factory string: Flat, IVF256,Flat, HNSW32, IVF64,PQ16."""
     try:
         base = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -34,7 +34,8 @@ def train_if_needed(index: faiss.Index, vectors: np.ndarray, max_train: int = 10
     need = getattr(base, "nlist", 1)
     if len(vectors) < need:
         raise IndexSpecError(
-            f"index needs at least {need} vectors to train, got {len(vectors)}: add more documents or use Flat"
+            f"index needs at least {need} vectors to train, got {len(vectors)}: "
+            "add more documents or use Flat"
         )
     if len(vectors) > max_train:  # train on a sample: training cost grows with the corpus
         rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ app = typer.Typer(
 
 
 def _help(field: str) -> str:
-    return f"{Settings.model_fields[field].description} [env: RARE_{field.upper()}]"
+    return f"{Settings.model_fields[field].description} (env RARE_{field.upper()})"
 
 
 # Options shared by subcommands; None = not given, so the env var or the default applies.
@@ -92,13 +92,25 @@ def index(
 ) -> None:
     """Encode a corpus into a persisted FAISS collection (only new or changed documents are encoded)."""
     from rare.beir_data import DataError
-    from rare.collection import CollectionError, InvalidNameError
+    from rare.collection import CollectionError, InvalidNameError, validate_name
     from rare.faiss_index import IndexSpecError
     from rare.indexer import index_beir, index_jsonl
 
     s = _settings(data_dir=data_dir, model=model, device=device, batch_tokens=batch_tokens, selector=selector)
     if (beir is None) == (documents is None and examples is None):
         _fail("give either --beir DIR or --documents/--examples JSONL files")
+    # Cheap checks first: no model load for a typo.
+    try:
+        validate_name(collection)
+    except InvalidNameError as exc:
+        _fail(str(exc))
+    for label, path, is_dir in (
+        ("BEIR folder", beir, True),
+        ("documents file", documents, False),
+        ("examples file", examples, False),
+    ):
+        if path is not None and not (path.is_dir() if is_dir else path.is_file()):
+            _fail(f"{label} not found: {path}")
     m = _model(s)
     try:
         if beir is not None:

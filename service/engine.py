@@ -22,6 +22,7 @@ from service.metrics import Metrics
 log = logging.getLogger("rare.service")
 
 SEARCH_BATCH = 256
+FORMAT_DESCRIPTION = r"Instruct: {task}\n + (Query: {q_i}\nPositive Document: {d_i}\n\n)* + Query: {q}"
 
 
 class NotFoundError(LookupError):
@@ -249,7 +250,7 @@ class Engine:
                 "default_num_examples": default_k(m, self.settings.num_examples) if m else None,
                 "example_doc_tokens": self.augmenter.builder.example_doc_tokens if self.augmenter else None,
                 "max_query_tokens": self.augmenter.builder.max_tokens if self.augmenter else None,
-                "format": "Instruct: {task}\\n + (Query: {q_i}\\nPositive Document: {d_i}\\n\\n)* + Query: {q}",
+                "format": FORMAT_DESCRIPTION,
             },
             "collections": {n: c.stats() for n, c in self.collections.items()},
             "unavailable": self.unavailable,

@@ -1,4 +1,5 @@
-"""Writes survive restarts and kill -9; concurrent writes and searches lose nothing; broken collections are refused."""
+"""Writes survive restarts and kill -9; concurrent writes and searches lose nothing; broken collections
+are refused."""
 
 from __future__ import annotations
 
