@@ -8,6 +8,7 @@ import math
 import secrets
 import time
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from rare.collection import CollectionError, InvalidNameError
 from rare.prompt import Example, QueryTooLongError
@@ -88,6 +90,16 @@ def read_auth(request: Request) -> None:
         check_key(request)
 
 
+class ErrorBody(BaseModel):
+    detail: str | list
+
+
+def _errors(*codes: int) -> dict:
+    return {c: {"model": ErrorBody, "description": HTTPStatus(c).phrase} for c in codes}
+
+
+# Every route may answer these; schema-valid input can still be refused (token limits, unknown collection).
+COMMON = _errors(400, 401, 413, 422, 429, 503)
 Write = Annotated[None, Depends(check_key)]
 Read = Annotated[None, Depends(read_auth)]
 
@@ -228,13 +240,20 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 out[i] = _R(col, res)
         return out
 
-    @app.post("/search", response_model=S.SearchResponse, tags=["search"])
+    @app.post(
+        "/search", response_model=S.SearchResponse, tags=["search"], responses={**COMMON, **_errors(404)}
+    )
     async def search(body: S.SearchRequest, _: Read) -> S.SearchResponse:
         t0 = time.perf_counter()
         (r,) = await _run_searches([body])
         return _response(r, (time.perf_counter() - t0) * 1000)
 
-    @app.post("/search/batch", response_model=S.SearchBatchResponse, tags=["search"])
+    @app.post(
+        "/search/batch",
+        response_model=S.SearchBatchResponse,
+        tags=["search"],
+        responses={**COMMON, **_errors(404)},
+    )
     async def search_batch(body: S.SearchBatchRequest, _: Read) -> S.SearchBatchResponse:
         t0 = time.perf_counter()
         rs = await _run_searches(body.queries)
@@ -242,7 +261,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return S.SearchBatchResponse(responses=[_response(r, took) for r in rs], took_ms=took)
 
     # ---------- embeddings ----------
-    @app.post("/embed", response_model=S.EmbedResponse, tags=["embeddings"])
+    @app.post(
+        "/embed", response_model=S.EmbedResponse, tags=["embeddings"], responses={**COMMON, **_errors(404)}
+    )
     async def embed(body: S.EmbedRequest, _: Read) -> S.EmbedResponse:
         if body.type == "document":
             vecs, tokens = await engine.encode_documents(body.texts)
@@ -256,7 +277,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             embeddings=vecs.tolist(), dim=vecs.shape[1], model=engine.model.name, tokens=tokens
         )
 
-    @app.post("/v1/embeddings", response_model=S.OpenAIEmbeddingResponse, tags=["embeddings"])
+    @app.post(
+        "/v1/embeddings", response_model=S.OpenAIEmbeddingResponse, tags=["embeddings"], responses=COMMON
+    )
     async def openai_embeddings(body: S.OpenAIEmbeddingRequest, _: Read) -> S.OpenAIEmbeddingResponse:
         texts = [body.input] if isinstance(body.input, str) else body.input
         vecs, tokens = await engine.encode_documents(texts)
@@ -275,14 +298,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
 
     # ---------- collection writes ----------
-    @app.get("/collections", response_model=S.CollectionsResponse, tags=["collections"])
+    @app.get("/collections", response_model=S.CollectionsResponse, tags=["collections"], responses=COMMON)
     async def collections(_: Read) -> S.CollectionsResponse:
         return S.CollectionsResponse(
             collections=[S.CollectionInfo(**c.stats()) for c in engine.collections.values()],
             unavailable=engine.unavailable,
         )
 
-    @app.post("/collections/{name}/documents", response_model=S.DocumentsUpsert, tags=["collections"])
+    @app.post(
+        "/collections/{name}/documents",
+        response_model=S.DocumentsUpsert,
+        tags=["collections"],
+        responses={**COMMON, **_errors(404)},
+    )
     async def upsert_documents(name: str, docs: list[S.DocumentIn], _: Write) -> S.DocumentsUpsert:
         if not 1 <= len(docs) <= 1024:
             raise ApiError(422, "send 1 to 1024 documents per call")
@@ -291,27 +319,42 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         col = await engine.upsert_documents(name, [(d.id, d.title, d.text) for d in docs])
         return S.DocumentsUpsert(upserted=len(docs), documents=len(col.docs))
 
-    @app.delete("/collections/{name}/documents/{doc_id}", response_model=S.Deleted, tags=["collections"])
+    @app.delete(
+        "/collections/{name}/documents/{doc_id}",
+        response_model=S.Deleted,
+        tags=["collections"],
+        responses={**COMMON, **_errors(404)},
+    )
     async def delete_document(name: str, doc_id: str, _: Write) -> S.Deleted:
         if not await engine.delete_document(name, doc_id):
             raise ApiError(404, f"document '{doc_id}' not found in collection '{name}'")
         return S.Deleted(deleted=True, id=doc_id)
 
-    @app.post("/collections/{name}/examples", response_model=S.ExamplesUpsert, tags=["collections"])
+    @app.post(
+        "/collections/{name}/examples",
+        response_model=S.ExamplesUpsert,
+        tags=["collections"],
+        responses={**COMMON, **_errors(404)},
+    )
     async def upsert_examples(name: str, examples: list[S.ExampleIn], _: Write) -> S.ExamplesUpsert:
         if not 1 <= len(examples) <= 1024:
             raise ApiError(422, "send 1 to 1024 examples per call")
         col, ids = await engine.upsert_examples(name, [(e.query, e.document) for e in examples])
         return S.ExamplesUpsert(ids=ids, examples=len(col.examples))
 
-    @app.delete("/collections/{name}/examples/{ex_id}", response_model=S.Deleted, tags=["collections"])
+    @app.delete(
+        "/collections/{name}/examples/{ex_id}",
+        response_model=S.Deleted,
+        tags=["collections"],
+        responses={**COMMON, **_errors(404)},
+    )
     async def delete_example(name: str, ex_id: str, _: Write) -> S.Deleted:
         if not await engine.delete_example(name, ex_id):
             raise ApiError(404, f"example '{ex_id}' not found in collection '{name}'")
         return S.Deleted(deleted=True, id=ex_id)
 
     # ---------- operations ----------
-    @app.get("/health", response_model=S.Status, tags=["ops"])
+    @app.get("/health", response_model=S.Status, tags=["ops"], responses=_errors(503))
     async def health() -> JSONResponse:
         try:
             await engine.check()
@@ -319,7 +362,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             return JSONResponse({"status": "unhealthy", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", response_model=S.Status, tags=["ops"])
+    @app.get("/ready", response_model=S.Status, tags=["ops"], responses=_errors(503))
     async def ready() -> JSONResponse:
         if not app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
@@ -335,7 +378,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 metrics.queue.labels(b.name).set(b.pending)
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/info", tags=["ops"])
+    @app.get("/info", tags=["ops"], responses=COMMON)
     async def info(_: Read) -> dict:
         return engine.info()
 

@@ -38,6 +38,8 @@ def test_missing_model_is_one_clear_error(tmp_path):
         resolve_model_path(str(tmp_path / "nope"))
     with pytest.raises(ModelNotFoundError, match="neither a local directory nor in the offline"):
         resolve_model_path("some-org/not-a-cached-model")
+    docs = tmp_path / "x.jsonl"
+    docs.write_text('{"id": "a", "text": "t"}\n')
     r = subprocess.run(
         [
             sys.executable,
@@ -45,7 +47,7 @@ def test_missing_model_is_one_clear_error(tmp_path):
             "rare_cli.main",
             "index",
             "--documents",
-            "x.jsonl",
+            str(docs),
             "--model",
             str(tmp_path / "nope"),
             "--data-dir",
