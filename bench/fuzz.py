@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import OUT, ROOT, start_server  # noqa: E402
+
 CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"
 
 
@@ -36,40 +35,16 @@ def main() -> None:
     if st is None:
         sys.exit("schemathesis is not installed: pip install schemathesis")
 
-    import httpx
-
     from rare.indexer import index_beir
     from rare.model import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         index_beir(data, "default", load_model(None, "cpu"), ROOT / "sample" / "tiny", show_progress=False)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "RARE_DATA_DIR": str(data),
-            "RARE_DEVICE": "cpu",
-            "RARE_API_KEY": "fuzz-key",
-            "RARE_LOG_LEVEL": "info",
-        }  # info: the access log is how requests and 5xx are counted
-        log = open(data / "server.log", "wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rare_cli.main", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # info: the access log is how requests and 5xx are counted
+        env = {"RARE_API_KEY": "fuzz-key", "RARE_LOG_LEVEL": "info"}
+        server, url = start_server(data, env, log=data / "server.log")
         try:
-            for _ in range(240):
-                try:
-                    if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
             t0 = time.perf_counter()
             run = subprocess.run(
                 [

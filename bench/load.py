@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import OUT, ROOT, percentile_ms, start_server  # noqa: E402
+
 WORDS = [
     "volcano",
     "insulin",
@@ -40,17 +38,6 @@ WORDS = [
     "coral",
     "bread",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return round(1000 * xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))], 1) if xs else 0.0
 
 
 async def drive(url: str, n: int, concurrency: int, max_seconds: float) -> dict:
@@ -131,11 +118,11 @@ async def drive(url: str, n: int, concurrency: int, max_seconds: float) -> dict:
         "requests": sum(status.values()),
         "seconds": round(wall, 1),
         "rps": round(sum(status.values()) / wall, 1),
-        "p50_ms": pct(everything, 50),
-        "p95_ms": pct(everything, 95),
-        "p99_ms": pct(everything, 99),
+        "p50_ms": percentile_ms(everything, 50),
+        "p95_ms": percentile_ms(everything, 95),
+        "p99_ms": percentile_ms(everything, 99),
         "by_kind": {
-            k: {"n": len(v), "p50_ms": round(1000 * statistics.median(v), 1), "p99_ms": pct(v, 99)}
+            k: {"n": len(v), "p50_ms": round(1000 * statistics.median(v), 1), "p99_ms": percentile_ms(v, 99)}
             for k, v in lat.items()
         },
         "status": dict(status),
@@ -160,31 +147,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         index_beir(data, "load", model, ROOT / "sample" / "tiny", show_progress=False)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "RARE_DATA_DIR": str(data),
-            "RARE_DEVICE": "cpu",
-            "RARE_LOG_LEVEL": "warning",
-            "RARE_MAX_QUEUE": str(args.max_queue),
-        }
-        log = open(data / "server.log", "wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rare_cli.main", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        import httpx
-
-        for _ in range(240):
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        env = {"RARE_LOG_LEVEL": "warning", "RARE_MAX_QUEUE": str(args.max_queue)}
+        server, url = start_server(data, env, log=data / "server.log")
         try:
             res = asyncio.run(drive(url, args.requests, args.concurrency, args.max_seconds))
         finally:

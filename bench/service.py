@@ -14,28 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-OUT = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+from bench.common import OUT, ROOT, percentile_ms, start_server  # noqa: E402
 
 
 async def load(url: str, queries: list[str], collection: str, k: int, concurrency: int, n: int) -> dict:
@@ -70,7 +56,7 @@ async def load(url: str, queries: list[str], collection: str, k: int, concurrenc
         "requests": n,
         "rps": round(n / wall, 2),
         "p50_ms": round(1000 * statistics.median(lat), 1),
-        "p99_ms": round(1000 * percentile(lat, 99), 1),
+        "p99_ms": percentile_ms(lat, 99),
         "errors": errors,
     }
 
@@ -98,32 +84,9 @@ def main() -> None:
     ds = load_beir(args.beir, ["test"])
     queries = [ds.queries[q] for q in sorted(ds.split("test"))]
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "RARE_DATA_DIR": str(args.data_dir),
-        "RARE_DEVICE": "cpu",
-        "RARE_MAX_QUEUE": "100000",
-        "RARE_LOG_LEVEL": "warning",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rare_cli.main", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = start_server(args.data_dir, {"RARE_MAX_QUEUE": "100000", "RARE_LOG_LEVEL": "warning"})
     rows = []
     try:
-        import httpx
-
-        for _ in range(240):
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         asyncio.run(load(url, queries, args.collection, args.k, 4, 40))  # warm up
         for c in [int(x) for x in args.concurrency.split(",")]:
             for k in (0, args.k):

@@ -160,7 +160,11 @@ class Engine:
                 if name in self.unavailable:
                     raise UnavailableError(f"collection '{name}' is unavailable: {self.unavailable[name]}")
                 self.collections[name] = await asyncio.to_thread(
-                    Collection.create, self.settings.data_dir, name, self.model
+                    Collection.create,
+                    self.settings.data_dir,
+                    name,
+                    self.model,
+                    selector=self.settings.selector,
                 )
         return self.collections[name]
 

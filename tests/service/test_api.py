@@ -157,6 +157,7 @@ def test_malformed_json_and_oversize_body(http):
 
 
 def test_ops_endpoints(http):
+    assert http.post("/search", json={"query": "insulin", "collection": "tiny"}).status_code == 200
     assert http.get("/health").json() == {"status": "ok"}
     assert http.get("/ready").json() == {"status": "ready"}
     info = http.get("/info").json()
@@ -193,3 +194,13 @@ def test_read_auth_when_configured(tmp_path, data_dir):
         assert c.post("/search", json={"query": "x", "collection": "tiny"}).status_code == 401
         assert c.post("/search", json={"query": "x", "collection": "tiny"}, headers=AUTH).status_code == 200
         assert c.get("/health").status_code == 200  # probes stay open
+
+
+def test_cors_is_closed_by_default(http):
+    pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    r = http.options("/search", headers=pre)
+    assert "access-control-allow-origin" not in r.headers
+    r = http.post(
+        "/search", json={"query": "x", "collection": "tiny"}, headers={"Origin": "https://evil.example"}
+    )
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
