@@ -41,5 +41,6 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,  # the app writes one structured line per request itself
+        log_config=None,  # uvicorn's own lines go through the JSON formatter above
         timeout_graceful_shutdown=30,
     )
