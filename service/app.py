@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
@@ -25,7 +26,7 @@ from rare.prompt import Example, QueryTooLongError
 from rare.settings import Settings
 from service import schemas as S
 from service.batching import QueueFullError
-from service.engine import BadRequestError, Engine, NotFoundError, UnavailableError
+from service.engine import BadRequestError, Engine, NotFoundError, QueryResult, UnavailableError
 
 log = logging.getLogger("rare.service")
 access = logging.getLogger("rare.access")
@@ -192,11 +193,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     # ---------- search ----------
-    def _response(r, took_ms: float) -> S.SearchResponse:
+    def _response(r: QueryResult, took_ms: float) -> S.SearchResponse:
         hits = []
-        col_docs = r.collection
-        for doc_id, score in r.result.hits:
-            d = col_docs.document(doc_id)
+        for doc_id, score in r.hits:
+            d = r.collection.document(doc_id)
             if d is not None:  # deleted between search and lookup
                 hits.append(S.Hit(id=doc_id, score=score, title=d.title, text=d.text))
         used = [
@@ -206,38 +206,40 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 document=s.example.document,
                 score=None if math.isnan(s.score) else s.score,
             )
-            for s in r.result.augmented.examples
+            for s in r.augmented.examples
         ]
         return S.SearchResponse(
             results=hits,
             examples=used,
             num_examples=len(used),
-            query_tokens=r.result.augmented.tokens,
+            query_tokens=r.augmented.tokens,
             took_ms=took_ms,
         )
 
-    class _R:
-        def __init__(self, collection, result):
-            self.collection, self.result = collection, result
-
-    async def _run_searches(reqs: list[S.SearchRequest]) -> list[_R]:
-        # Group by (collection, top_k, k, caller-examples or not) so each group is one batched call.
-        out: list = [None] * len(reqs)
+    async def _run_searches(reqs: list[S.SearchRequest]) -> list[QueryResult]:
+        # One engine call per (collection, top_k, k, caller examples?) group; groups run concurrently so
+        # their texts share encode batches.
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
-            groups.setdefault(
-                (r.collection, r.top_k, engine.resolve_k(r.num_examples), r.examples is not None), []
-            ).append(i)
-        for (name, top_k, k, has_given), idxs in groups.items():
-            col = engine.collection(name)
+            key = (r.collection, r.top_k, engine.resolve_k(r.num_examples), r.examples is not None)
+            groups.setdefault(key, []).append(i)
+
+        async def run(key: tuple, idxs: list[int]) -> list[QueryResult]:
+            name, top_k, k, has_given = key
             given = (
                 [[Example(None, e.query, e.document) for e in reqs[i].examples] for i in idxs]
                 if has_given
                 else None
             )
-            results = await engine.search([reqs[i].query for i in idxs], col, top_k, k, given)
+            return await engine.search(
+                [reqs[i].query for i in idxs], engine.collection(name), top_k, k, given
+            )
+
+        out: list = [None] * len(reqs)
+        done = await asyncio.gather(*(run(key, idxs) for key, idxs in groups.items()))
+        for idxs, results in zip(groups.values(), done, strict=True):
             for i, res in zip(idxs, results, strict=True):
-                out[i] = _R(col, res)
+                out[i] = res
         return out
 
     @app.post(

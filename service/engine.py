@@ -39,6 +39,7 @@ class BadRequestError(ValueError):
 
 @dataclass
 class QueryResult:
+    collection: Collection
     hits: list[tuple[str, float]]
     augmented: AugmentedQuery
 
@@ -210,7 +211,7 @@ class Engine:
         aug = await self.augment(queries, col, k, given)
         vecs = await self.encode([a.text for a in aug], [a.tokens for a in aug], "query")
         hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
-        return [QueryResult(h, a) for h, a in zip(hits, aug, strict=True)]
+        return [QueryResult(col, h, a) for h, a in zip(hits, aug, strict=True)]
 
     # ---------- writes ----------
     async def upsert_documents(self, name: str, docs: list[tuple[str, str, str]]) -> Collection:
