@@ -60,3 +60,23 @@ def write_chart(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def merge(paths: list[Path], out: Path) -> str:
+    """One table and chart from several runs' results.json (e.g. base, k=0 and RARe evaluated apart)."""
+    import json
+
+    records = [r for p in paths for r in json.loads(Path(p).read_text())]
+    order = {"plain": 0, "rare": 1, "random": 2}
+    records.sort(key=lambda r: (r["dataset"], r["trained"], Path(r["model"]).name, order.get(r["run"], 9)))
+    out.mkdir(parents=True, exist_ok=True)
+    write_chart(records, out / "ndcg10.png")
+    return write_table(records, out / "results.md")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3:
+        sys.exit("usage: python -m eval.report OUT_DIR RESULTS.json [RESULTS.json ...]")
+    print(merge([Path(p) for p in sys.argv[2:]], Path(sys.argv[1])))

@@ -106,3 +106,30 @@ def test_url_mode_matches_in_process(tmp_path, tiny_dir, data_dir):
 def test_unknown_run_is_rejected(tmp_path, tiny_dir):
     with pytest.raises(ValueError, match="unknown run"):
         run_eval(EvalConfig(beir=[tiny_dir], out=tmp_path, runs=["bogus"]))
+
+
+def test_merge_combines_runs_with_deltas_against_the_base(tmp_path):
+    from eval.report import merge
+
+    def rec(model, trained, run, ndcg):
+        m = dict.fromkeys(["ndcg@10", "recall@100", "map@100", "mrr@10"], ndcg)
+        return {
+            "dataset": "d",
+            "model": model,
+            "trained": trained,
+            "run": run,
+            "k": 0 if run == "plain" else 3,
+            "pool": "train",
+            "encode_seconds": 1.0,
+            "metrics": m,
+        }
+
+    (tmp_path / "a.json").write_text(
+        json.dumps([rec("tuned", True, "rare", 0.7), rec("tuned", True, "plain", 0.6)])
+    )
+    (tmp_path / "b.json").write_text(json.dumps([rec("base", False, "plain", 0.5)]))
+    table = merge([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "out").splitlines()
+    assert table[2].startswith("| d | base · plain |") and table[2].endswith("| +0.00 | 1.0 |")
+    assert table[3].startswith("| d | tuned · plain |") and "+10.00" in table[3]
+    assert table[4].startswith("| d | tuned · rare (k=3) |") and "+20.00" in table[4]
+    assert (tmp_path / "out" / "ndcg10.png").is_file()
