@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=1500)
     ap.add_argument("--max-queue", type=int, default=256)
+    ap.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     args = ap.parse_args()
 
     from rare.collection import Collection
@@ -148,7 +149,8 @@ def main() -> None:
         data = Path(tmp)
         index_beir(data, "load", model, ROOT / "sample" / "tiny", show_progress=False)
         env = {"RARE_LOG_LEVEL": "warning", "RARE_MAX_QUEUE": str(args.max_queue)}
-        server, url = start_server(data, env, log=data / "server.log")
+        server_log = args.server_log or data / "server.log"
+        server, url = start_server(data, env, log=server_log)
         try:
             res = asyncio.run(drive(url, args.requests, args.concurrency, args.max_seconds))
         finally:
@@ -167,7 +169,7 @@ def main() -> None:
             "missing_examples": len((ex_acked - ex_deleted) - set(col.examples)),
             "resurrected_examples": len(ex_deleted & set(col.examples)),
         }
-        tracebacks = (data / "server.log").read_text(errors="replace").count("Traceback")
+        tracebacks = server_log.read_text(errors="replace").count("Traceback")
     five_xx = sum(v for k, v in res["status"].items() if int(k) >= 500)
     res.update(
         {

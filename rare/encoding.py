@@ -14,7 +14,9 @@ def token_lengths(model: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     """Tokens per text as the model sees it (capped at its max length)."""
     if not texts:
         return np.zeros(0, dtype=np.int64)
-    ids = model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    with model.count_lock:
+        enc = model.count_tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    ids = enc["input_ids"]
     return np.minimum(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), model.max_tokens)
 
 
@@ -46,12 +48,6 @@ def encode_texts(
     with tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress, smoothing=0.05) as bar:
         for idx in plan_batches(lengths, batch_tokens):
             batch = [texts[i] for i in idx]
-            out[idx] = model.st.encode(
-                batch,
-                batch_size=len(batch),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            out[idx] = model.encode(batch)
             bar.update(len(batch))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -100,11 +101,30 @@ class LoadedModel:
     path: str
     device: str
     rare: RareConfig
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Fast tokenizers keep padding/truncation state on a shared backend, so concurrent calls with other
+    # settings corrupt each other's batches: model calls take `encode_lock`, and token counting uses its
+    # own copy of the tokenizer under `count_lock`.
+    encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def tokenizer(self):
         return self.st.tokenizer
+
+    @cached_property
+    def count_tokenizer(self):
+        return copy.deepcopy(self.st.tokenizer)
+
+    def encode(self, texts: list[str]):
+        """Normalized embeddings of `texts` in one batch (thread-safe)."""
+        with self.encode_lock:
+            return self.st.encode(
+                texts,
+                batch_size=len(texts),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
 
     @property
     def max_tokens(self) -> int:

@@ -12,7 +12,9 @@ from the least similar. The instruction and the target query are never cut: if t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -71,8 +73,11 @@ class AugmentedQuery:
 class PromptBuilder:
     """Builds augmented queries within a token budget, using the model's own tokenizer."""
 
-    def __init__(self, tokenizer, max_tokens: int, example_doc_tokens: int):
+    def __init__(
+        self, tokenizer, max_tokens: int, example_doc_tokens: int, lock: threading.Lock | None = None
+    ):
         self.tokenizer = tokenizer
+        self._lock = lock or nullcontext()  # a tokenizer shared across threads needs one
         self.max_tokens = max_tokens
         self.example_doc_tokens = example_doc_tokens
         # Caches: pool documents and example blocks recur across queries.
@@ -81,24 +86,26 @@ class PromptBuilder:
 
     def count(self, text: str) -> int:
         """Tokens of `text` as the model will see it, special tokens included, without truncation."""
-        return len(
-            self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        )
+        return self._tokens(text, add_special_tokens=True)
 
     def _count_plain(self, text: str) -> int:
-        return len(
-            self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        )
+        return self._tokens(text, add_special_tokens=False)
+
+    def _tokens(self, text: str, add_special_tokens: bool) -> int:
+        with self._lock:
+            enc = self.tokenizer(text, add_special_tokens=add_special_tokens, truncation=False, verbose=False)
+        return len(enc["input_ids"])
 
     def _cap_document(self, document: str) -> str:
         """Cut at a token boundary, in the original characters (no decode round trip)."""
-        enc = self.tokenizer(
-            document,
-            add_special_tokens=False,
-            truncation=False,
-            return_offsets_mapping=True,
-            verbose=False,
-        )
+        with self._lock:
+            enc = self.tokenizer(
+                document,
+                add_special_tokens=False,
+                truncation=False,
+                return_offsets_mapping=True,
+                verbose=False,
+            )
         offsets = enc["offset_mapping"]
         n = self.example_doc_tokens
         if len(offsets) <= n:

@@ -112,15 +112,7 @@ class Engine:
 
     # ---------- batch workers (run on their own threads) ----------
     def _encode_batch(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
-        texts = [t for t, _ in items]
-        emb = self.model.st.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return list(emb)
+        return list(self.model.encode([t for t, _ in items]))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
         out: list = [None] * len(items)

@@ -65,3 +65,31 @@ def test_rare_config_roundtrip(tmp_path):
     RareConfig(k=5, trained=True, instruction="t").save(tmp_path)
     cfg = RareConfig.load(tmp_path)
     assert cfg.k == 5 and cfg.trained and cfg.instruction == "t"
+
+
+def test_token_counting_in_threads_does_not_corrupt_concurrent_batches(model):
+    """Regression: fast tokenizers share padding/truncation state; counting (no padding) in request threads
+    while the encoder pads a batch used to fail with 'Unable to create tensor' under load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rare.prompt import Example, ScoredExample
+    from rare.query import QueryAugmenter
+
+    texts = ["short", "a much longer text " * 12, "medium length sentence here", "x " * 40]
+    ref = encode_texts(model, texts)
+    aug = QueryAugmenter(model)
+    ex = [ScoredExample(Example("e", "what is it", "a document " * 30), 1.0)]
+
+    def count(i: int) -> int:
+        return sum(aug.build(f"query number {i} " * (i % 7 + 1), ex, "task").tokens for _ in range(20))
+
+    def encode(_: int):
+        return model.encode(texts)
+
+    with ThreadPoolExecutor(6) as pool:
+        counts = [pool.submit(count, i) for i in range(12)]
+        encs = [pool.submit(encode, i) for i in range(12)]
+        for f in counts:
+            assert f.result() > 0
+        for f in encs:
+            np.testing.assert_allclose(f.result(), ref, atol=1e-5)
