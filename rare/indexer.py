@@ -33,27 +33,11 @@ def read_documents(path: str | Path) -> list[DocTuple]:
     return out
 
 
-def open_or_create(
-    data_dir: Path,
-    name: str,
-    model: LoadedModel,
-    *,
-    index_spec: str = "Flat",
-    instruction: str | None = None,
-    selector: str | None = None,
-    pool_source: str | None = None,
-) -> Collection:
+def open_or_create(data_dir: Path, name: str, model: LoadedModel, **create_options) -> Collection:
+    """Open a collection for writing, or create it with `Collection.create`'s options."""
     if (collections_root(data_dir) / name / "CURRENT").is_file():
         return Collection.open(data_dir, name, model)
-    return Collection.create(
-        data_dir,
-        name,
-        model,
-        index_spec=index_spec,
-        instruction=instruction,
-        selector=selector,
-        pool_source=pool_source,
-    )
+    return Collection.create(data_dir, name, model, **create_options)
 
 
 def add_to_collection(
