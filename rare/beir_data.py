@@ -117,9 +117,6 @@ class BeirDataset:
     def has_split(self, name: str) -> bool:
         return name in self.qrels or (self.path / "qrels" / f"{name}.tsv").is_file()
 
-    def split_queries(self, name: str) -> dict[str, str]:
-        return {qid: self.queries[qid] for qid in self.split(name)}
-
     def doc_text(self, doc_id: str) -> str:
         d = self.corpus[doc_id]
         return doc_text(d["title"], d["text"])

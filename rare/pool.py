@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 
 from rare.beir_data import BeirDataset, DataError, iter_jsonl
@@ -38,11 +37,3 @@ def pool_from_jsonl(path: str | Path) -> list[Example]:
             raise DataError(f"{path}: record {i} needs non-empty string fields 'query' and 'document'")
         out.append(Example(id=str(obj.get("id") or example_id(q, d)), query=q, document=d))
     return out
-
-
-def dedupe(examples: Iterable[Example]) -> list[Example]:
-    """Last one wins per id, first position kept (upsert semantics)."""
-    by_id: dict[str, Example] = {}
-    for ex in examples:
-        by_id[ex.id] = ex
-    return list(by_id.values())

@@ -127,9 +127,6 @@ class Engine:
                 out[i] = h[: items[i][2]]
         return out
 
-    def queue_size(self) -> int:
-        return sum(b.pending for b in (self.encoder, self.searcher) if b is not None)
-
     # ---------- collections ----------
     def collection(self, name: str) -> Collection:
         validate_name(name)
