@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 FORMAT_VERSION = 1
+FORMAT_DESCRIPTION = r"Instruct: {task}\n + (Query: {q_i}\nPositive Document: {d_i}\n\n)* + Query: {q}"
 DEFAULT_INSTRUCTION = "Given a query, retrieve relevant documents that answer the query"
 
 

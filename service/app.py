@@ -101,6 +101,7 @@ def _errors(*codes: int) -> dict:
 
 # Every route may answer these; schema-valid input can still be refused (token limits, unknown collection).
 COMMON = _errors(400, 401, 413, 422, 429, 503)
+WITH_404 = {**COMMON, **_errors(404)}  # routes that name a collection, document or example
 Write = Annotated[None, Depends(check_key)]
 Read = Annotated[None, Depends(read_auth)]
 
@@ -242,9 +243,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 out[i] = res
         return out
 
-    @app.post(
-        "/search", response_model=S.SearchResponse, tags=["search"], responses={**COMMON, **_errors(404)}
-    )
+    @app.post("/search", response_model=S.SearchResponse, tags=["search"], responses=WITH_404)
     async def search(body: S.SearchRequest, _: Read) -> S.SearchResponse:
         t0 = time.perf_counter()
         (r,) = await _run_searches([body])
@@ -254,7 +253,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/search/batch",
         response_model=S.SearchBatchResponse,
         tags=["search"],
-        responses={**COMMON, **_errors(404)},
+        responses=WITH_404,
     )
     async def search_batch(body: S.SearchBatchRequest, _: Read) -> S.SearchBatchResponse:
         t0 = time.perf_counter()
@@ -263,9 +262,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return S.SearchBatchResponse(responses=[_response(r, took) for r in rs], took_ms=took)
 
     # ---------- embeddings ----------
-    @app.post(
-        "/embed", response_model=S.EmbedResponse, tags=["embeddings"], responses={**COMMON, **_errors(404)}
-    )
+    @app.post("/embed", response_model=S.EmbedResponse, tags=["embeddings"], responses=WITH_404)
     async def embed(body: S.EmbedRequest, _: Read) -> S.EmbedResponse:
         if body.type == "document":
             vecs, tokens = await engine.encode_documents(body.texts)
@@ -311,7 +308,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/collections/{name}/documents",
         response_model=S.DocumentsUpsert,
         tags=["collections"],
-        responses={**COMMON, **_errors(404)},
+        responses=WITH_404,
     )
     async def upsert_documents(name: str, docs: list[S.DocumentIn], _: Write) -> S.DocumentsUpsert:
         if not 1 <= len(docs) <= 1024:
@@ -325,7 +322,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/collections/{name}/documents/{doc_id}",
         response_model=S.Deleted,
         tags=["collections"],
-        responses={**COMMON, **_errors(404)},
+        responses=WITH_404,
     )
     async def delete_document(name: str, doc_id: str, _: Write) -> S.Deleted:
         if not await engine.delete_document(name, doc_id):
@@ -336,7 +333,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/collections/{name}/examples",
         response_model=S.ExamplesUpsert,
         tags=["collections"],
-        responses={**COMMON, **_errors(404)},
+        responses=WITH_404,
     )
     async def upsert_examples(name: str, examples: list[S.ExampleIn], _: Write) -> S.ExamplesUpsert:
         if not 1 <= len(examples) <= 1024:
@@ -348,7 +345,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/collections/{name}/examples/{ex_id}",
         response_model=S.Deleted,
         tags=["collections"],
-        responses={**COMMON, **_errors(404)},
+        responses=WITH_404,
     )
     async def delete_example(name: str, ex_id: str, _: Write) -> S.Deleted:
         if not await engine.delete_example(name, ex_id):

@@ -13,7 +13,7 @@ from rare.collection import Collection, CollectionError, list_collections, valid
 from rare.encoding import token_lengths
 from rare.model import LoadedModel, load_model
 from rare.pool import example_id
-from rare.prompt import AugmentedQuery, Example, ScoredExample
+from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExample
 from rare.query import QueryAugmenter, default_k
 from rare.settings import Settings
 from service.batching import MicroBatcher
@@ -22,7 +22,6 @@ from service.metrics import Metrics
 log = logging.getLogger("rare.service")
 
 SEARCH_BATCH = 256
-FORMAT_DESCRIPTION = r"Instruct: {task}\n + (Query: {q_i}\nPositive Document: {d_i}\n\n)* + Query: {q}"
 
 
 class NotFoundError(LookupError):
