@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -56,3 +58,42 @@ def start_server(
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError("server did not become ready in two minutes")
+
+
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 client for load generation on the server's own machine.
+
+    httpx spends about a millisecond of CPU per request; on 2 cores that is taken from the server and
+    shows up as server slowness. This client does the least a client can (one connection, bytes in,
+    status and body out), like wrk or oha would.
+    """
+
+    def __init__(self, url: str):
+        host_port = url.split("://", 1)[1].rstrip("/")
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> RawHttp:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self._writer.write(head + body)
+        raw = await self._reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+        if "content-length" not in headers:
+            raise RuntimeError(f"response without Content-Length: {headers}")
+        return status, await self._reader.readexactly(int(headers["content-length"]))

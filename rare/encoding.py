@@ -32,6 +32,45 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
+# A model call costs about this many padded tokens of work on top of its tokens (tokenizer, Python,
+# per-layer kernel launches): 16-token texts encode ~2.5x slower one at a time than 32 at a time on CPU.
+CALL_OVERHEAD_TOKENS = 48
+
+
+def split_by_length(lengths: Sequence[int], overhead_tokens: int = CALL_OVERHEAD_TOKENS) -> list[np.ndarray]:
+    """Split one batch into runs of similar length, minimizing padded tokens plus a per-call overhead.
+
+    Arrival-order batches of short queries pad to their longest member (about 2x the real tokens on
+    SciFact); an exact dynamic programme over the length-sorted batch finds the cheapest cut points.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    srt = np.asarray(lengths, dtype=np.float64)[order]
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    starts = np.arange(n)
+    for j in range(1, n + 1):
+        # Group order[i:j] pads to srt[j-1], its longest member.
+        costs = best[:j] + overhead_tokens + (j - starts[:j]) * srt[j - 1]
+        i = int(np.argmin(costs))
+        best[j], cut[j] = costs[i], i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def encode_batch(model: LoadedModel, texts: Sequence[str], lengths: Sequence[int]) -> np.ndarray:
+    """Embeddings of one serving batch, in input order, run as length-homogeneous sub-batches."""
+    out = np.zeros((len(texts), model.dim), dtype=np.float32)
+    for idx in split_by_length(lengths):
+        out[idx] = model.encode([texts[i] for i in idx])
+    return out
+
+
 def encode_texts(
     model: LoadedModel,
     texts: Sequence[str],

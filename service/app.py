@@ -75,7 +75,48 @@ class BodyLimitMiddleware:
         return await self.app(scope, limited, send)
 
 
-def check_key(request: Request) -> None:
+class ObserveMiddleware:
+    """Metrics and one structured access line per request (pure ASGI: no per-request task or stream)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500  # stays 500 if the app dies before answering
+
+        async def send_status(msg):
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            dt = time.perf_counter() - t0
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(dt)
+            if access.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access.info(
+                    {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "endpoint": endpoint,
+                        "status": status,
+                        "ms": round(dt * 1000, 2),
+                        "client": client[0] if client else None,
+                    }
+                )
+
+
+# Async so FastAPI runs them on the event loop, not via a thread-pool hop per request.
+async def check_key(request: Request) -> None:
     """Bearer key, compared in constant time; a no-op when no key is configured."""
     settings: Settings = request.app.state.settings
     key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -86,9 +127,9 @@ def check_key(request: Request) -> None:
         raise ApiError(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
 
 
-def read_auth(request: Request) -> None:
+async def read_auth(request: Request) -> None:
     if request.app.state.settings.auth_reads:
-        check_key(request)
+        await check_key(request)
 
 
 class ErrorBody(BaseModel):
@@ -139,31 +180,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            dt = time.perf_counter() - t0
-            metrics.requests.labels(endpoint, request.method, str(status)).inc()
-            metrics.latency.labels(endpoint).observe(dt)
-            access.info(
-                {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "endpoint": endpoint,
-                    "status": status,
-                    "ms": round(dt * 1000, 2),
-                    "client": request.client.host if request.client else None,
-                }
-            )
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     # ---------- errors: 4xx with a message, never a traceback ----------
     @app.exception_handler(ApiError)

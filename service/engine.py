@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rare.collection import Collection, CollectionError, list_collections, validate_name
-from rare.encoding import token_lengths
+from rare.encoding import encode_batch, token_lengths
 from rare.model import LoadedModel, load_model
 from rare.pool import example_id
 from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExample
@@ -111,7 +111,7 @@ class Engine:
 
     # ---------- batch workers (run on their own threads) ----------
     def _encode_batch(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
-        return list(self.model.encode([t for t, _ in items]))
+        return list(encode_batch(self.model, [t for t, _ in items], [n for _, n in items]))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
         out: list = [None] * len(items)

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from rare.encoding import encode_texts, plan_batches
+from rare.encoding import encode_batch, encode_texts, plan_batches, split_by_length, token_lengths
 from rare.model import ModelNotFoundError, RareConfig, resolve_model_path
 
 
@@ -31,6 +31,39 @@ def test_plan_batches_respects_budget():
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     for b in batches:
         assert len(b) == 1 or len(b) * lengths[b].max() <= 200
+
+
+def _cost(groups, lengths, overhead):
+    return sum(overhead + len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def test_split_by_length_is_the_cheapest_partition():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        lengths = rng.integers(4, 120, size=int(rng.integers(1, 9))).tolist()
+        groups = split_by_length(lengths, overhead_tokens=48)
+        assert sorted(int(i) for g in groups for i in g) == list(range(len(lengths)))
+        # Brute force over every contiguous cut of the sorted order (the optimum is contiguous in it).
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(
+            _cost(
+                [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True) if a < b],
+                lengths,
+                48,
+            )
+            for mask in range(2 ** max(len(order) - 1, 0))
+            for cuts in [tuple(i + 1 for i in range(len(order) - 1) if mask >> i & 1)]
+        )
+        assert _cost(groups, lengths, 48) == pytest.approx(best)
+    # Mixed short and long texts are not padded together; equal ones stay in one call.
+    assert len(split_by_length([20] * 16 + [250] * 16)) == 2
+    assert len(split_by_length([30] * 32)) == 1
+
+
+def test_encode_batch_keeps_input_order(model):
+    texts = ["x " * 200, "short query", "a middle sized sentence about proteins", "tiny"]
+    lengths = [int(n) for n in token_lengths(model, texts)]
+    np.testing.assert_allclose(encode_batch(model, texts, lengths), encode_texts(model, texts), atol=1e-5)
 
 
 def test_missing_model_is_one_clear_error(tmp_path):
