@@ -506,9 +506,10 @@ class Collection:
             if fetch == 0:
                 return [[] for _ in range(len(queries))]
             params = fx.search_params(self.index, nprobe, ef_search)
-            scores, ids = self._search_index.search(
-                np.ascontiguousarray(queries, dtype=np.float32), fetch, params=params
-            )
+            with fx.search_threads(len(queries), ntotal):
+                scores, ids = self._search_index.search(
+                    np.ascontiguousarray(queries, dtype=np.float32), fetch, params=params
+                )
             out = []
             for row_s, row_i in zip(scores, ids, strict=True):
                 hits = [

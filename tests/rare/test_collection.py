@@ -183,3 +183,27 @@ def test_names_are_validated(tmp_path):
             validate_name(bad)
     assert validate_name("scifact-v2.1_x") == "scifact-v2.1_x"
     assert list_collections(tmp_path) == []
+
+
+def test_small_searches_run_on_one_faiss_thread_only_for_the_calling_thread():
+    import threading
+
+    import faiss
+
+    from rare.faiss_index import SMALL_SEARCH_PAIRS, search_threads
+
+    before = faiss.omp_get_max_threads()
+    seen = {}
+
+    def small_search() -> None:
+        with search_threads(32, 5000):
+            seen["inside"] = faiss.omp_get_max_threads()
+        seen["after"] = faiss.omp_get_max_threads()
+
+    t = threading.Thread(target=small_search)
+    t.start()
+    t.join()
+    assert seen["inside"] == 1 and seen["after"] == before
+    assert faiss.omp_get_max_threads() == before  # other threads keep their pool
+    with search_threads(1, SMALL_SEARCH_PAIRS + 1):  # big searches keep every thread
+        assert faiss.omp_get_max_threads() == before
