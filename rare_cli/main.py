@@ -232,6 +232,13 @@ def train(
     ] = 3,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.05,
     forgetting_aware: Annotated[bool, typer.Option("--forgetting-aware/--no-forgetting-aware")] = False,
+    forgetting_temperature: Annotated[
+        float,
+        typer.Option(
+            "--forgetting-temperature",
+            help="T in w ~ exp(-pre-trained loss / T); larger is gentler (closer to uniform weights).",
+        ),
+    ] = 1.0,
     doc_tokens: Annotated[int, typer.Option("--doc-tokens", help="Max tokens of training documents.")] = 256,
     example_doc_tokens: ExampleDocTokens = None,
     max_seq_length: Annotated[
@@ -277,6 +284,7 @@ def train(
             skip_top=skip_top,
             temperature=temperature,
             forgetting_aware=forgetting_aware,
+            forgetting_temperature=forgetting_temperature,
             doc_tokens=doc_tokens,
             example_doc_tokens=s.example_doc_tokens or 64,
             seed=seed,

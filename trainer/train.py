@@ -105,6 +105,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "hard_negatives": len(samples[0].negatives) if samples else 0,
             "temperature": cfg.temperature,
             "forgetting_aware": cfg.forgetting_aware,
+            "forgetting_temperature": cfg.forgetting_temperature if cfg.forgetting_aware else None,
             "epochs": cfg.epochs,
             "max_steps": cfg.max_steps,
             "global_step": result.global_step,
