@@ -224,6 +224,13 @@ def train(
         float, typer.Option("--plain-fraction", help="Share of queries trained without examples.")
     ] = 0.3,
     vary_k: Annotated[bool, typer.Option("--vary-k/--fixed-k", help="Draw k per sample in 1..k.")] = False,
+    max_pairs_per_query: Annotated[
+        int | None,
+        typer.Option(
+            "--max-pairs-per-query",
+            help="BEIR: at most this many (query, judged document) pairs per query, best grade first.",
+        ),
+    ] = None,
     hard_negatives: Annotated[
         int, typer.Option("--hard-negatives", help="Mined hard negatives per query.")
     ] = 1,
@@ -280,6 +287,7 @@ def train(
             lr=lr,
             plain_fraction=plain_fraction,
             vary_k=vary_k,
+            max_pairs_per_query=max_pairs_per_query,
             hard_negatives=hard_negatives,
             skip_top=skip_top,
             temperature=temperature,

@@ -72,10 +72,16 @@ def load_sources(cfg: TrainConfig, base: LoadedModel) -> list[Source]:
         qrels = ds.split("train")
         negs = _mine(base, ds, qrels, cfg)
         pairs = []
+        rng = random.Random(cfg.seed)
         for qid in sorted(qrels):
-            for did, score in sorted(qrels[qid].items()):
-                if score > 0:
-                    pairs.append((qid, ds.queries[qid], ds.doc_text(did), negs.get(qid, [])))
+            judged = [(did, score) for did, score in sorted(qrels[qid].items()) if score > 0]
+            if cfg.max_pairs_per_query is not None:
+                # Highest grade first, ties in seeded random order: a query with dozens of judged
+                # documents (NFCorpus) should not fill batches with itself.
+                rng.shuffle(judged)
+                judged = sorted(judged, key=lambda x: -x[1])[: cfg.max_pairs_per_query]
+            for did, _ in judged:
+                pairs.append((qid, ds.queries[qid], ds.doc_text(did), negs.get(qid, [])))
         sources.append(Source(ds.name, instruction_for(ds.name), pairs, pool_from_beir(ds, "train")))
     for path in cfg.jsonl:
         pairs, pool = [], []

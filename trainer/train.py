@@ -102,6 +102,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "samples": len(samples),
             "plain_fraction": cfg.plain_fraction,
             "vary_k": cfg.vary_k,
+            "max_pairs_per_query": cfg.max_pairs_per_query,
             "hard_negatives": len(samples[0].negatives) if samples else 0,
             "temperature": cfg.temperature,
             "forgetting_aware": cfg.forgetting_aware,

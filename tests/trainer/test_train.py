@@ -72,6 +72,23 @@ def test_plain_fraction_and_vary_k(tmp_path, tiny_dir, model):
     assert len(ks) > 1 and max(ks) <= 3
 
 
+def test_max_pairs_per_query_keeps_the_best_graded(tmp_path, tiny_dir, model):
+    import shutil
+
+    data = tmp_path / "tiny"
+    shutil.copytree(tiny_dir, data)
+    with open(data / "qrels" / "train.tsv", "a") as f:
+        f.write("q1\td2\t1\nq1\td3\t2\n")  # q1: d1 (1), d2 (1), d3 (2)
+    c = cfg(tmp_path, data, hard_negatives=0)
+    (src,) = load_sources(c, model)
+    assert sum(p[0] == "q1" for p in src.pairs) == 3 and len(src.pairs) == 10
+    c = cfg(tmp_path, data, hard_negatives=0, max_pairs_per_query=1)
+    (src,) = load_sources(c, model)
+    ds = load_beir(data)
+    assert [p[2] for p in src.pairs if p[0] == "q1"] == [ds.doc_text("d3")]
+    assert len(src.pairs) == 8
+
+
 def test_easy_sample_weights_favour_low_loss():
     w = easy_sample_weights(np.array([0.1, 1.0, 3.0]))
     assert w[0] > w[1] > w[2] and abs(w.mean() - 1) < 1e-9
