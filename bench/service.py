@@ -124,16 +124,14 @@ def main() -> None:
     # Raw in-process encode of the same strings, with the server gone.
     col = Collection.open(args.data_dir, args.collection, model, writable=False)
     chosen = col.select_examples(queries, args.k)
-    texts = {"plain": [QueryAugmenter(model).build(q, [], col.manifest.instruction).text for q in queries]}
-    tokens = {}
-    for budget in budgets:
-        aug = QueryAugmenter(model, example_doc_tokens=budget)
-        built = [aug.build(q, ex, col.manifest.instruction) for q, ex in zip(queries, chosen, strict=True)]
-        texts[budget] = [a.text for a in built]
-        tokens[budget] = round(statistics.mean(a.tokens for a in built), 1)
-    tokens["plain"] = round(
-        statistics.mean(QueryAugmenter(model).builder.count(t) for t in texts["plain"]), 1
-    )
+    # Plain is the variant without examples; each variant is built (text and token count) once.
+    variants = {"plain": (QueryAugmenter(model), [[] for _ in queries])}
+    variants |= {b: (QueryAugmenter(model, example_doc_tokens=b), chosen) for b in budgets}
+    texts, tokens = {}, {}
+    for name, (aug, examples) in variants.items():
+        built = [aug.build(q, ex, col.manifest.instruction) for q, ex in zip(queries, examples, strict=True)]
+        texts[name] = [a.text for a in built]
+        tokens[name] = round(statistics.mean(a.tokens for a in built), 1)
     raw = {}
     for name, strings in texts.items():
         best = min(_timed(model, strings) for _ in range(2))
