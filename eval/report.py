@@ -9,7 +9,8 @@ from eval.metrics import HEADLINE
 
 def _label(r: dict) -> str:
     name = Path(r["model"]).name
-    return f"{name} · {r['run']}" + (f" (k={r['k']})" if r["k"] else "")
+    pooled = ", query-pooled" if r.get("pooling") == "query" and r["k"] else ""
+    return f"{name} · {r['run']}" + (f" (k={r['k']}{pooled})" if r["k"] else "")
 
 
 def _baseline(records: list[dict], dataset: str) -> dict | None:

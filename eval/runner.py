@@ -18,6 +18,7 @@ from rare.cache import corpus_embeddings
 from rare.encoding import encode_texts
 from rare.instructions import instruction_for
 from rare.model import LoadedModel, load_model
+from rare.pooling import Pooling
 from rare.prompt import AugmentedQuery
 from rare.query import QueryAugmenter
 from rare.selection import make_selector
@@ -42,6 +43,7 @@ class EvalConfig:
     device: str = "auto"
     batch_tokens: int = 16384
     max_queries: int | None = None
+    pooling: Pooling | None = None  # None: each model's own
     show_progress: bool = True
 
 
@@ -54,9 +56,15 @@ def run_k(model: LoadedModel, run: str, override: int | None) -> int:
 
 
 def augment_queries(
-    model: LoadedModel, ds: BeirDataset, qids: list[str], pool: EvalPool, run: str, k: int
+    model: LoadedModel,
+    ds: BeirDataset,
+    qids: list[str],
+    pool: EvalPool,
+    run: str,
+    k: int,
+    pooling: Pooling | None = None,
 ) -> list[AugmentedQuery]:
-    aug = QueryAugmenter(model)
+    aug = QueryAugmenter(model, pooling=pooling)
     instruction = instruction_for(ds.name)
     out: dict[str, AugmentedQuery] = {}
     for members, examples in pool.groups:
@@ -98,15 +106,16 @@ def eval_in_process(
     records = []
     for run in tqdm(cfg.runs, desc=f"{ds.name} / {model.name}", disable=not cfg.show_progress):
         k = run_k(model, run, cfg.num_examples)
-        aug = augment_queries(model, ds, qids, pool, run, k)
+        aug = augment_queries(model, ds, qids, pool, run, k, cfg.pooling)
         t = time.perf_counter()
-        qemb = encode_texts(model, [a.text for a in aug], batch_tokens=cfg.batch_tokens)
+        qemb = encode_texts(
+            model, [a.text for a in aug], batch_tokens=cfg.batch_tokens, pool_from=[a.pool_from for a in aug]
+        )
         encode_s = time.perf_counter() - t
         hits = search(corpus_emb, doc_ids, qemb, TOP_K)
         results = dict(zip(qids, hits, strict=True))
-        records.append(
-            _record(cfg, ds, model.name, model.rare.trained, run, k, pool, aug, qrels, results, encode_s)
-        )
+        rec = _record(cfg, ds, model.name, model.rare.trained, run, k, pool, aug, qrels, results, encode_s)
+        records.append({**rec, "pooling": cfg.pooling or model.rare.pooling})
     return records
 
 

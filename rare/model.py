@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pydantic import BaseModel, Field  # noqa: E402
 
+from rare.pooling import Pooling, masked_mean, tokenize_with_query_mask  # noqa: E402
 from rare.prompt import FORMAT_VERSION  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class RareConfig(BaseModel):
     instruction: str | None = None
     example_doc_tokens: int = DEFAULT_EXAMPLE_DOC_TOKENS
     max_query_tokens: int | None = None
+    # How a query with a prefix is pooled (rare.pooling); files written before it existed mean "full".
+    pooling: Pooling = "full"
     trained: bool = False
     base_model: str | None = None
     training: dict = Field(default_factory=dict)
@@ -115,9 +119,12 @@ class LoadedModel:
     def count_tokenizer(self):
         return copy.deepcopy(self.st.tokenizer)
 
-    def encode(self, texts: list[str]):
-        """Normalized embeddings of `texts` in one batch (thread-safe)."""
+    def encode(self, texts: list[str], pool_from: Sequence[int] | None = None):
+        """Normalized embeddings of `texts` in one batch (thread-safe). `pool_from[i] > 0` pools text i
+        from that character on (query pooling, rare.pooling); otherwise the model's own pooling runs."""
         with self.encode_lock:
+            if pool_from is not None and any(pool_from):
+                return self._encode_from(texts, pool_from)
             return self.st.encode(
                 texts,
                 batch_size=len(texts),
@@ -125,6 +132,16 @@ class LoadedModel:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+
+    def _encode_from(self, texts: list[str], pool_from: Sequence[int]):
+        import torch
+
+        features, mask = tokenize_with_query_mask(self.st.tokenizer, texts, pool_from, self.max_tokens)
+        features = {k: v.to(self.st.device) for k, v in features.items()}
+        with torch.inference_mode():
+            tokens = self.st(features)["token_embeddings"]
+            emb = torch.nn.functional.normalize(masked_mean(tokens, mask.to(tokens.device)), dim=-1)
+        return emb.float().cpu().numpy()
 
     @property
     def max_tokens(self) -> int:

@@ -69,6 +69,8 @@ class AugmentedQuery:
     text: str
     examples: list[ScoredExample] = field(default_factory=list)  # used ones, most similar first
     tokens: int = 0
+    query_start: int = 0  # character offset of the target query in `text`
+    pool_from: int = 0  # where pooling starts (rare.pooling): query_start under query pooling, else 0
 
 
 class PromptBuilder:
@@ -125,7 +127,7 @@ class PromptBuilder:
         if base_tokens > self.max_tokens:
             raise QueryTooLongError(base_tokens, self.max_tokens)
         if not examples:
-            return AugmentedQuery(bare, [], base_tokens)
+            return AugmentedQuery(bare, [], base_tokens, len(bare) - len(query))
         capped = [
             ScoredExample(
                 Example(s.example.id, s.example.query, self.cap_document(s.example.document)), s.score
@@ -145,5 +147,5 @@ class PromptBuilder:
             text = format_query(query, [s.example for s in kept], instr)
             tokens = self.count(text)
             if tokens <= self.max_tokens or not kept:
-                return AugmentedQuery(text, kept, tokens)
+                return AugmentedQuery(text, kept, tokens, len(text) - len(query))
             kept.pop()  # least similar goes first

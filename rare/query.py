@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from rare.model import LoadedModel
+from rare.pooling import Pooling
 from rare.prompt import DEFAULT_INSTRUCTION, AugmentedQuery, PromptBuilder, ScoredExample
 
 
 class QueryAugmenter:
-    """Applies a model's RARe settings: its instruction, example budget and length limit.
+    """Applies a model's RARe settings: its instruction, example budget, length limit and pooling.
 
     A RARe-trained model always sees the instruction (it was trained that way, also for plain
     queries); a base model sees a raw query unless examples are added (naive in-context examples).
@@ -22,6 +24,7 @@ class QueryAugmenter:
         example_doc_tokens: int | None = None,
         max_query_tokens: int | None = None,
         always_instruct: bool | None = None,
+        pooling: Pooling | None = None,
     ):
         self.model = model
         limit = min(max_query_tokens or model.rare.max_query_tokens or model.max_tokens, model.max_tokens)
@@ -32,6 +35,7 @@ class QueryAugmenter:
             model.count_lock,
         )
         self.always_instruct = model.rare.trained if always_instruct is None else always_instruct
+        self.pooling: Pooling = pooling or model.rare.pooling
 
     def instruction_for(self, instruction: str | None, with_examples: bool) -> str | None:
         if with_examples or self.always_instruct:
@@ -42,7 +46,8 @@ class QueryAugmenter:
         self, query: str, examples: Sequence[ScoredExample], instruction: str | None = None
     ) -> AugmentedQuery:
         """`examples` most similar first, already selected; budget rules of rare.prompt apply."""
-        return self.builder.build(query, examples, self.instruction_for(instruction, bool(examples)))
+        a = self.builder.build(query, examples, self.instruction_for(instruction, bool(examples)))
+        return dataclasses.replace(a, pool_from=a.query_start if self.pooling == "query" else 0)
 
 
 def default_k(model: LoadedModel, configured: int | None = None) -> int:

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SelectorName = Literal["bm25", "dense", "random"]
+PoolingName = Literal["full", "query"]  # rare.pooling
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,11 @@ class Settings(BaseSettings):
     )
     max_query_tokens: int | None = Field(
         None, ge=16, description="Token budget of a whole augmented query; unset = the model's max length."
+    )
+    pooling: PoolingName | None = Field(
+        None,
+        description="How a query with examples is pooled: query (its own tokens) | full (the whole "
+        "string); unset = the model's own (full for a base model).",
     )
     batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")

@@ -34,6 +34,7 @@ ExampleDocTokens = Annotated[
     int | None, typer.Option("--example-doc-tokens", help=_help("example_doc_tokens"))
 ]
 MaxQueryTokens = Annotated[int | None, typer.Option("--max-query-tokens", help=_help("max_query_tokens"))]
+PoolingOpt = Annotated[str | None, typer.Option("--pooling", help=_help("pooling"))]
 BatchTokens = Annotated[int | None, typer.Option("--batch-tokens", help=_help("batch_tokens"))]
 
 
@@ -159,6 +160,7 @@ def serve(
     selector: Selector = None,
     example_doc_tokens: ExampleDocTokens = None,
     max_query_tokens: MaxQueryTokens = None,
+    pooling: PoolingOpt = None,
     batch_tokens: BatchTokens = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help=_help("max_queue"))] = None,
     max_body_bytes: Annotated[
@@ -186,6 +188,7 @@ def serve(
         selector=selector,
         example_doc_tokens=example_doc_tokens,
         max_query_tokens=max_query_tokens,
+        pooling=pooling,
         batch_tokens=batch_tokens,
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
@@ -238,6 +241,14 @@ def train(
         int, typer.Option("--skip-top", help="Mined ranks skipped (false-negative guard).")
     ] = 3,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.05,
+    pooling: Annotated[
+        str,
+        typer.Option(
+            "--pooling",
+            help="query: an augmented query is pooled over its own tokens (examples shape it through "
+            "attention); full: over the whole string.",
+        ),
+    ] = "full",
     forgetting_aware: Annotated[bool, typer.Option("--forgetting-aware/--no-forgetting-aware")] = False,
     forgetting_temperature: Annotated[
         float,
@@ -291,6 +302,7 @@ def train(
             hard_negatives=hard_negatives,
             skip_top=skip_top,
             temperature=temperature,
+            pooling=pooling,
             forgetting_aware=forgetting_aware,
             forgetting_temperature=forgetting_temperature,
             doc_tokens=doc_tokens,
@@ -333,13 +345,16 @@ def evaluate(
     ] = None,
     data_dir: DataDir = None,
     device: Device = None,
+    pooling: PoolingOpt = None,
     batch_tokens: BatchTokens = None,
 ) -> None:
     """BEIR evaluation: nDCG@10, Recall@100, MAP, MRR for base, fine-tuned and RARe runs."""
     from eval.runner import EvalConfig, run_eval
     from rare.beir_data import DataError
 
-    s = _settings(data_dir=data_dir, device=device, batch_tokens=batch_tokens, api_key=api_key)
+    s = _settings(
+        data_dir=data_dir, device=device, batch_tokens=batch_tokens, api_key=api_key, pooling=pooling
+    )
     cfg = EvalConfig(
         beir=beir,
         models=model or [None],
@@ -354,6 +369,7 @@ def evaluate(
         device=s.device,
         batch_tokens=s.batch_tokens,
         max_queries=max_queries,
+        pooling=s.pooling,
     )
     try:
         table = run_eval(cfg)

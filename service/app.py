@@ -287,7 +287,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             k = engine.resolve_k(body.num_examples)
             col = engine.collection(body.collection) if k > 0 else None
             aug = await engine.augment(body.texts, col, k)
-            vecs = await engine.encode([a.text for a in aug], [a.tokens for a in aug], "query")
+            vecs = await engine.encode_queries(aug)
             tokens = sum(a.tokens for a in aug)
         return S.EmbedResponse(
             embeddings=vecs.tolist(), dim=vecs.shape[1], model=engine.model.name, tokens=tokens

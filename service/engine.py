@@ -60,7 +60,10 @@ class Engine:
         s = self.settings
         self.model = load_model(s.model, s.device)
         self.augmenter = QueryAugmenter(
-            self.model, example_doc_tokens=s.example_doc_tokens, max_query_tokens=s.max_query_tokens
+            self.model,
+            example_doc_tokens=s.example_doc_tokens,
+            max_query_tokens=s.max_query_tokens,
+            pooling=s.pooling,
         )
         for name in list_collections(s.data_dir):
             self._open(name)
@@ -84,12 +87,12 @@ class Engine:
         s, m = self.settings, self.metrics
 
         def fits_tokens(batch: list, item) -> bool:
-            longest = max(max(t for _, t in batch), item[1])
+            longest = max(max(t for _, t, _ in batch), item[1])
             return (len(batch) + 1) * longest <= s.batch_tokens
 
         def on_encode(batch: list) -> None:
             m.batch_size.labels("encode").observe(len(batch))
-            m.tokens.labels("encoded").inc(sum(t for _, t in batch))
+            m.tokens.labels("encoded").inc(sum(t for _, t, _ in batch))
 
         self.encoder = MicroBatcher("encode", self._encode_batch, fits_tokens, s.max_queue, on_encode)
         self.searcher = MicroBatcher(
@@ -110,8 +113,9 @@ class Engine:
             col.close()
 
     # ---------- batch workers (run on their own threads) ----------
-    def _encode_batch(self, items: list[tuple[str, int]]) -> list[np.ndarray]:
-        return list(encode_batch(self.model, [t for t, _ in items], [n for _, n in items]))
+    def _encode_batch(self, items: list[tuple[str, int, int]]) -> list[np.ndarray]:
+        texts, lengths, pool_from = zip(*items, strict=True)
+        return list(encode_batch(self.model, texts, lengths, pool_from))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
         out: list = [None] * len(items)
@@ -158,14 +162,22 @@ class Engine:
         return self.collections[name]
 
     # ---------- encoding ----------
-    async def encode(self, texts: list[str], lengths: list[int], kind: str) -> np.ndarray:
+    async def encode(
+        self, texts: list[str], lengths: list[int], kind: str, pool_from: list[int] | None = None
+    ) -> np.ndarray:
         self.metrics.tokens.labels(kind).inc(sum(lengths))
-        vecs = await self.encoder.submit(list(zip(texts, lengths, strict=True)))
+        starts = pool_from or [0] * len(texts)
+        vecs = await self.encoder.submit(list(zip(texts, lengths, starts, strict=True)))
         return np.stack(vecs)
 
     async def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, int]:
         lengths = [int(x) for x in token_lengths(self.model, texts)]
         return await self.encode(texts, lengths, "document"), sum(lengths)
+
+    async def encode_queries(self, aug: list[AugmentedQuery]) -> np.ndarray:
+        return await self.encode(
+            [a.text for a in aug], [a.tokens for a in aug], "query", [a.pool_from for a in aug]
+        )
 
     def resolve_k(self, requested: int | None) -> int:
         return requested if requested is not None else default_k(self.model, self.settings.num_examples)
@@ -197,7 +209,7 @@ class Engine:
         if top_k > self.settings.max_top_k:
             raise BadRequestError(f"top_k must be at most {self.settings.max_top_k}")
         aug = await self.augment(queries, col, k, given)
-        vecs = await self.encode([a.text for a in aug], [a.tokens for a in aug], "query")
+        vecs = await self.encode_queries(aug)
         hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
         return [QueryResult(col, h, a) for h, a in zip(hits, aug, strict=True)]
 
@@ -243,6 +255,7 @@ class Engine:
                 "default_num_examples": default_k(m, self.settings.num_examples) if m else None,
                 "example_doc_tokens": self.augmenter.builder.example_doc_tokens if self.augmenter else None,
                 "max_query_tokens": self.augmenter.builder.max_tokens if self.augmenter else None,
+                "pooling": self.augmenter.pooling if self.augmenter else None,
                 "format": FORMAT_DESCRIPTION,
             },
             "collections": {n: c.stats() for n, c in self.collections.items()},

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from rare.pooling import Pooling
+
 
 class TrainConfig(BaseModel):
     beir: list[Path] = Field(default_factory=list)
@@ -22,6 +24,7 @@ class TrainConfig(BaseModel):
     hard_negatives: int = Field(1, ge=0, le=16)
     skip_top: int = Field(3, ge=0)
     temperature: float = Field(0.05, gt=0.0)
+    pooling: Pooling = "full"
     forgetting_aware: bool = False
     forgetting_temperature: float = Field(1.0, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)

@@ -25,6 +25,7 @@ class Sample:
     query_id: str
     query: str
     anchor: str
+    pool_from: int
     positive: str
     negatives: list[str] = field(default_factory=list)
     example_ids: list[str] = field(default_factory=list)
@@ -107,6 +108,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
         example_doc_tokens=cfg.example_doc_tokens,
         max_query_tokens=cfg.max_seq_length,
         always_instruct=True,
+        pooling=cfg.pooling,
     )
     doc_cap = PromptBuilder(base.tokenizer, cfg.max_seq_length, cfg.doc_tokens).cap_document
     samples = []
@@ -135,6 +137,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
                     query_id=qid,
                     query=q,
                     anchor=a.text,
+                    pool_from=a.pool_from,
                     positive=doc_cap(pos),
                     negatives=[doc_cap(n) for n in negs],
                     example_ids=[s.example.id for s in a.examples],
@@ -147,11 +150,15 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
     return samples
 
 
-def to_dataset(samples: list[Sample]):
+def to_dataset(samples: list[Sample], pooling: str = "full"):
     from datasets import Dataset
+
+    from trainer.collator import POOL_FROM_COLUMN
 
     cols: dict[str, list] = {"anchor": [s.anchor for s in samples], "positive": [s.positive for s in samples]}
     for j in range(len(samples[0].negatives) if samples else 0):
         cols[f"negative_{j + 1}"] = [s.negatives[j] for s in samples]
     cols["label"] = [float(s.weight) for s in samples]  # per-sample loss weight
+    if pooling == "query":
+        cols[POOL_FROM_COLUMN] = [s.pool_from for s in samples]
     return Dataset.from_dict(cols)

@@ -6,10 +6,13 @@ import torch
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
+from rare.pooling import masked_mean
+
 
 class WeightedInfoNCE(nn.Module):
     """InfoNCE over [all positives; all hard negatives] of the batch (MultipleNegativesRankingLoss),
-    each sample's term weighted by its `label` (1.0 = plain MNRL; forgetting-aware weights otherwise)."""
+    each sample's term weighted by its `label` (1.0 = plain MNRL; forgetting-aware weights otherwise).
+    Anchors that come with a `pool_mask` (query pooling) are pooled over those tokens only."""
 
     def __init__(self, model, temperature: float = 0.05):
         super().__init__()
@@ -17,7 +20,15 @@ class WeightedInfoNCE(nn.Module):
         self.temperature = temperature
 
     def forward(self, sentence_features, labels: Tensor | None) -> Tensor:
-        emb = embed_columns(self.model, sentence_features)
+        pool_mask = sentence_features[0].pop("pool_mask", None)
+        if pool_mask is None:
+            emb = embed_columns(self.model, sentence_features)
+        else:
+            tokens = self.model(sentence_features[0])["token_embeddings"]
+            emb = [
+                masked_mean(tokens, pool_mask.to(tokens.device)),
+                *embed_columns(self.model, sentence_features[1:], separate_first=False),
+            ]
         anchors = nn.functional.normalize(emb[0], dim=-1)
         cands = nn.functional.normalize(torch.cat(emb[1:], dim=0), dim=-1)
         logits = anchors @ cands.T / self.temperature

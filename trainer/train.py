@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rare.model import RareConfig, load_model
 from rare.prompt import FORMAT_VERSION
+from trainer.collator import QueryPoolingCollator
 from trainer.config import TrainConfig
 from trainer.data import build_samples, load_sources, to_dataset
 from trainer.loss import WeightedInfoNCE
@@ -53,7 +54,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "weight_min": min(s.weight for s in samples),
             "weight_max": max(s.weight for s in samples),
         }
-    dataset = to_dataset(samples)
+    dataset = to_dataset(samples, cfg.pooling)
 
     ckpt = checkpoint_dir(cfg.output)
     cuda = model.device.startswith("cuda")
@@ -77,8 +78,17 @@ def run_training(cfg: TrainConfig) -> dict:
         disable_tqdm=not cfg.show_progress,
         dataloader_num_workers=0,
     )
+    collator = None
+    if cfg.pooling == "query":
+        collator = QueryPoolingCollator(
+            preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=cfg.max_seq_length
+        )
     trainer = SentenceTransformerTrainer(
-        model=model.st, args=args, train_dataset=dataset, loss=WeightedInfoNCE(model.st, cfg.temperature)
+        model=model.st,
+        args=args,
+        train_dataset=dataset,
+        loss=WeightedInfoNCE(model.st, cfg.temperature),
+        data_collator=collator,
     )
     resume_from = last_checkpoint(ckpt) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -95,6 +105,7 @@ def run_training(cfg: TrainConfig) -> dict:
         instruction=first.instruction if len(sources) == 1 else None,
         example_doc_tokens=cfg.example_doc_tokens,
         max_query_tokens=cfg.max_seq_length,
+        pooling=cfg.pooling,
         trained=True,
         base_model=base_name,
         training={

@@ -204,3 +204,26 @@ def test_cors_is_closed_by_default(http):
         "/search", json={"query": "x", "collection": "tiny"}, headers={"Origin": "https://evil.example"}
     )
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_query_pooling_setting_reaches_search(tmp_path, data_dir, model):
+    from rare.beir_data import doc_text
+    from rare.prompt import Example, ScoredExample
+    from rare.query import QueryAugmenter
+
+    query = "volcano lava"
+    given = [{"query": "How do volcanoes erupt", "document": "Magma rises through the crust as lava."}]
+    with (
+        running_server(data_dir, tmp_path / "s.log", env={"RARE_POOLING": "query"}) as srv,
+        srv.client() as c,
+    ):
+        info = c.get("/info").json()
+        r = c.post("/search", json={"query": query, "collection": "tiny", "top_k": 5, "examples": given})
+    assert info["rare"]["pooling"] == "query" and r.status_code == 200, r.text
+    exs = [ScoredExample(Example("x", g["query"], g["document"]), 0.0) for g in given]
+    aug = QueryAugmenter(model, pooling="query").build(query, exs, info["collections"]["tiny"]["instruction"])
+    pooled, full = model.encode([aug.text], [aug.pool_from])[0], model.encode([aug.text])[0]
+    hits = r.json()["results"]
+    docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in hits])
+    np.testing.assert_allclose([h["score"] for h in hits], docs @ pooled, atol=1e-3)
+    assert np.abs(docs @ full - docs @ pooled).max() > 1e-2  # the two poolings are told apart

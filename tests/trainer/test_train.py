@@ -39,7 +39,7 @@ def corpus_loss(model, tiny_dir, samples) -> float:
     ds = load_beir(tiny_dir)
     ids = list(ds.corpus)
     docs = encode_texts(model, [ds.doc_text(i) for i in ids])
-    anchors = encode_texts(model, [s.anchor for s in samples])
+    anchors = encode_texts(model, [s.anchor for s in samples], pool_from=[s.pool_from for s in samples])
     qrels = ds.split("train")
     logits = anchors @ docs.T / 0.05
     logits -= logits.max(axis=1, keepdims=True)
@@ -108,6 +108,28 @@ def test_overfit_lowers_the_loss_and_model_reloads_with_its_settings(tmp_path, t
     assert after < 0.7 * before, (before, after)
     assert not checkpoint_dir(c.output).exists()
     assert load_model(None, "cpu").fingerprint == model.fingerprint  # the shared base model is untouched
+
+
+def test_query_pooling_batches_and_training(tmp_path, tiny_dir, model):
+    from trainer.collator import QueryPoolingCollator
+
+    c = cfg(tmp_path, tiny_dir, pooling="query", plain_fraction=0.0, k=2, selector="dense", max_steps=6)
+    samples = build_samples(c, model, load_sources(c, model))
+    assert all(s.anchor[s.pool_from :] == s.query and s.pool_from > 0 for s in samples)
+    ds = to_dataset(samples, "query")
+    collate = QueryPoolingCollator(
+        preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=256
+    )
+    batch = collate([ds[i] for i in range(4)])
+    for row, s in zip(range(4), samples[:4], strict=True):
+        pooled = batch["anchor_input_ids"][row][batch["anchor_pool_mask"][row]].tolist()
+        assert pooled == model.tokenizer(s.query, add_special_tokens=False)["input_ids"]
+    assert "positive_pool_mask" not in batch
+    before = corpus_loss(model, tiny_dir, samples)
+    run_training(c)
+    trained = load_model(str(c.output), "cpu", cache=False)
+    assert trained.rare.pooling == "query"
+    assert corpus_loss(trained, tiny_dir, samples) < 0.7 * before
 
 
 def test_resume_from_checkpoint(tmp_path, tiny_dir):
