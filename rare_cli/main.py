@@ -248,7 +248,7 @@ def train(
             help="query: an augmented query is pooled over its own tokens (examples shape it through "
             "attention); full: over the whole string.",
         ),
-    ] = "full",
+    ] = "query",
     forgetting_aware: Annotated[bool, typer.Option("--forgetting-aware/--no-forgetting-aware")] = False,
     forgetting_temperature: Annotated[
         float,

@@ -24,7 +24,7 @@ class TrainConfig(BaseModel):
     hard_negatives: int = Field(1, ge=0, le=16)
     skip_top: int = Field(3, ge=0)
     temperature: float = Field(0.05, gt=0.0)
-    pooling: Pooling = "full"
+    pooling: Pooling = "query"
     forgetting_aware: bool = False
     forgetting_temperature: float = Field(1.0, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)

@@ -150,7 +150,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
     return samples
 
 
-def to_dataset(samples: list[Sample], pooling: str = "full"):
+def to_dataset(samples: list[Sample], pooling: str):
     from datasets import Dataset
 
     from trainer.collator import POOL_FROM_COLUMN

@@ -60,8 +60,8 @@ def test_training_queries_never_use_themselves_as_examples(tmp_path, tiny_dir, m
         assert s.anchor.count("Query: ") == len(s.example_ids) + 1
         assert s.query not in s.anchor[: -len(s.query)]  # its own text is not among the examples
         assert len(s.negatives) == 1 and s.negatives[0] != s.positive
-    ds = to_dataset(samples)
-    assert ds.column_names == ["anchor", "positive", "negative_1", "label"]
+    assert to_dataset(samples, "full").column_names == ["anchor", "positive", "negative_1", "label"]
+    assert to_dataset(samples, "query").column_names[-1] == "pool_from"
 
 
 def test_plain_fraction_and_vary_k(tmp_path, tiny_dir, model):
