@@ -8,8 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rare.pooling import Pooling
+
 SelectorName = Literal["bm25", "dense", "random"]
-PoolingName = Literal["full", "query"]  # rare.pooling
 
 
 class Settings(BaseSettings):
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     max_query_tokens: int | None = Field(
         None, ge=16, description="Token budget of a whole augmented query; unset = the model's max length."
     )
-    pooling: PoolingName | None = Field(
+    pooling: Pooling | None = Field(
         None,
         description="How a query with examples is pooled: query (its own tokens) | full (the whole "
         "string); unset = the model's own (full for a base model).",
