@@ -114,8 +114,22 @@ def eval_in_process(
         encode_s = time.perf_counter() - t
         hits = search(corpus_emb, doc_ids, qemb, TOP_K)
         results = dict(zip(qids, hits, strict=True))
-        rec = _record(cfg, ds, model.name, model.rare.trained, run, k, pool, aug, qrels, results, encode_s)
-        records.append({**rec, "pooling": cfg.pooling or model.rare.pooling})
+        records.append(
+            _record(
+                cfg,
+                ds,
+                model.name,
+                model.rare.trained,
+                run,
+                k,
+                pool,
+                aug,
+                qrels,
+                results,
+                encode_s,
+                pooling=cfg.pooling or model.rare.pooling,
+            )
+        )
     return records
 
 
@@ -167,13 +181,14 @@ def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) 
                     results,
                     elapsed,
                     mode="url",
+                    pooling=info["rare"].get("pooling"),
                 )
             )
     return records
 
 
 def _record(
-    cfg, ds, model_name, trained, run, k, pool, aug, qrels, results, seconds, mode="in-process"
+    cfg, ds, model_name, trained, run, k, pool, aug, qrels, results, seconds, mode="in-process", pooling=None
 ) -> dict:
     return {
         "dataset": ds.name,
@@ -184,6 +199,7 @@ def _record(
         "k": k,
         "pool": pool.source,
         "mode": mode,
+        "pooling": pooling,
         "queries": len(results),
         "mean_examples": round(float(np.mean([len(a.examples) for a in aug])) if aug else 0.0, 3),
         "mean_query_tokens": round(float(np.mean([a.tokens for a in aug])) if aug else 0.0, 1),
