@@ -10,6 +10,7 @@ from eval.metrics import HEADLINE
 def _label(r: dict) -> str:
     name = Path(r["model"]).name
     pooled = ", query-pooled" if r.get("pooling") == "query" and r["k"] else ""
+    pooled += ", block attention" if r.get("attention") == "block" and r["k"] else ""
     return f"{name} · {r['run']}" + (f" (k={r['k']}{pooled})" if r["k"] else "")
 
 

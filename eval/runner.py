@@ -109,7 +109,11 @@ def eval_in_process(
         aug = augment_queries(model, ds, qids, pool, run, k, cfg.pooling)
         t = time.perf_counter()
         qemb = encode_texts(
-            model, [a.text for a in aug], batch_tokens=cfg.batch_tokens, pool_from=[a.pool_from for a in aug]
+            model,
+            [a.text for a in aug],
+            batch_tokens=cfg.batch_tokens,
+            pool_from=[a.pool_from for a in aug],
+            blocks=[a.blocks for a in aug],
         )
         encode_s = time.perf_counter() - t
         hits = search(corpus_emb, doc_ids, qemb, TOP_K)
@@ -127,7 +131,8 @@ def eval_in_process(
                 qrels,
                 results,
                 encode_s,
-                pooling=cfg.pooling or model.rare.pooling,
+                pooling="query" if model.rare.attention == "block" else cfg.pooling or model.rare.pooling,
+                attention=model.rare.attention,
             )
         )
     return records
@@ -182,13 +187,27 @@ def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) 
                     elapsed,
                     mode="url",
                     pooling=info["rare"].get("pooling"),
+                    attention=info["rare"].get("attention"),
                 )
             )
     return records
 
 
 def _record(
-    cfg, ds, model_name, trained, run, k, pool, aug, qrels, results, seconds, mode="in-process", pooling=None
+    cfg,
+    ds,
+    model_name,
+    trained,
+    run,
+    k,
+    pool,
+    aug,
+    qrels,
+    results,
+    seconds,
+    mode="in-process",
+    pooling=None,
+    attention=None,
 ) -> dict:
     return {
         "dataset": ds.name,
@@ -200,6 +219,7 @@ def _record(
         "pool": pool.source,
         "mode": mode,
         "pooling": pooling,
+        "attention": attention or "full",
         "queries": len(results),
         "mean_examples": round(float(np.mean([len(a.examples) for a in aug])) if aug else 0.0, 3),
         "mean_query_tokens": round(float(np.mean([a.tokens for a in aug])) if aug else 0.0, 1),

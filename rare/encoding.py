@@ -68,16 +68,17 @@ def encode_batch(
     texts: Sequence[str],
     lengths: Sequence[int],
     pool_from: Sequence[int] | None = None,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
     """Embeddings of one serving batch, in input order, run as length-homogeneous sub-batches."""
     out = np.zeros((len(texts), model.dim), dtype=np.float32)
     for idx in split_by_length(lengths):
-        out[idx] = model.encode([texts[i] for i in idx], _pick(pool_from, idx))
+        out[idx] = model.encode([texts[i] for i in idx], _pick(pool_from, idx), _pick(blocks, idx))
     return out
 
 
-def _pick(pool_from: Sequence[int] | None, idx: np.ndarray) -> list[int] | None:
-    return None if pool_from is None else [pool_from[i] for i in idx]
+def _pick(values: Sequence | None, idx: np.ndarray) -> list | None:
+    return None if values is None else [values[i] for i in idx]
 
 
 def encode_texts(
@@ -88,8 +89,10 @@ def encode_texts(
     show_progress: bool = False,
     desc: str = "encoding",
     pool_from: Sequence[int] | None = None,
+    blocks: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """L2-normalized float32 embeddings, in input order; `pool_from` as in `LoadedModel.encode`."""
+    """L2-normalized float32 embeddings, in input order; `pool_from` and `blocks` as in
+    `LoadedModel.encode`."""
     out = np.zeros((len(texts), model.dim), dtype=np.float32)
     if not texts:
         return out
@@ -97,6 +100,6 @@ def encode_texts(
     with tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress, smoothing=0.05) as bar:
         for idx in plan_batches(lengths, batch_tokens):
             batch = [texts[i] for i in idx]
-            out[idx] = model.encode(batch, _pick(pool_from, idx))
+            out[idx] = model.encode(batch, _pick(pool_from, idx), _pick(blocks, idx))
             bar.update(len(batch))
     return out

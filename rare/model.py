@@ -20,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pydantic import BaseModel, Field  # noqa: E402
 
+from rare.block_attention import Attention  # noqa: E402
 from rare.pooling import Pooling, masked_mean, tokenize_with_query_mask  # noqa: E402
 from rare.prompt import FORMAT_VERSION  # noqa: E402
 
@@ -45,6 +46,8 @@ class RareConfig(BaseModel):
     max_query_tokens: int | None = None
     # How a query with a prefix is pooled (rare.pooling); files written before it existed mean "full".
     pooling: Pooling = "full"
+    # How its tokens attend (rare.block_attention); "block" implies query pooling.
+    attention: Attention = "full"
     trained: bool = False
     base_model: str | None = None
     training: dict = Field(default_factory=dict)
@@ -110,6 +113,8 @@ class LoadedModel:
     # own copy of the tokenizer under `count_lock`.
     encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Bound of the block-attention cache of examples' keys and values (rare.block_attention).
+    example_cache_bytes: int = 1 << 30
 
     @property
     def tokenizer(self):
@@ -119,19 +124,52 @@ class LoadedModel:
     def count_tokenizer(self):
         return copy.deepcopy(self.st.tokenizer)
 
-    def encode(self, texts: list[str], pool_from: Sequence[int] | None = None):
-        """Normalized embeddings of `texts` in one batch (thread-safe). `pool_from[i] > 0` pools text i
-        from that character on (query pooling, rare.pooling); otherwise the model's own pooling runs."""
+    def encode(
+        self,
+        texts: list[str],
+        pool_from: Sequence[int] | None = None,
+        blocks: Sequence[Sequence[int]] | None = None,
+    ):
+        """Normalized embeddings of `texts` (thread-safe). `pool_from[i] > 0` pools text i from that
+        character on (query pooling, rare.pooling); `blocks[i]` non-empty encodes it under block
+        attention (rare.block_attention). Other texts run the model's own pipeline and pooling."""
+        import numpy as np
+
+        n = len(texts)
+        pool_from = list(pool_from) if pool_from is not None else [0] * n
+        blocks = list(blocks) if blocks is not None else [()] * n
+        special = [i for i in range(n) if pool_from[i] or blocks[i]]
+        plain = [i for i in range(n) if not (pool_from[i] or blocks[i])]
         with self.encode_lock:
-            if pool_from is not None and any(pool_from):
-                return self._encode_from(texts, pool_from)
-            return self.st.encode(
-                texts,
-                batch_size=len(texts),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            if not special:
+                return self._encode_plain(texts)
+            out = np.zeros((n, self.dim), dtype=np.float32)
+            if plain:
+                out[plain] = self._encode_plain([texts[i] for i in plain])
+            sub = [texts[i] for i in special]
+            starts = [pool_from[i] for i in special]
+            if any(blocks[i] for i in special):
+                out[special] = self.block_encoder.encode(
+                    sub, starts, [blocks[i] for i in special], self.max_tokens
+                )
+            else:
+                out[special] = self._encode_from(sub, starts)
+            return out
+
+    def _encode_plain(self, texts: list[str]):
+        return self.st.encode(
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    @cached_property
+    def block_encoder(self):
+        from rare.block_attention import BlockEncoder
+
+        return BlockEncoder(self.st, self.example_cache_bytes)
 
     def _encode_from(self, texts: list[str], pool_from: Sequence[int]):
         import torch

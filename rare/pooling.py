@@ -22,9 +22,10 @@ Pooling = Literal["full", "query"]
 
 
 def tokenize_with_query_mask(
-    tokenizer, texts: Sequence[str], starts: Sequence[int], max_length: int
+    tokenizer, texts: Sequence[str], starts: Sequence[int], max_length: int, keep_offsets: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Model inputs for `texts` and the boolean mask of the tokens to pool."""
+    """Model inputs for `texts` (with their `offset_mapping` if `keep_offsets`) and the boolean mask
+    of the tokens to pool."""
     enc = tokenizer(
         list(texts),
         padding=True,
@@ -33,7 +34,7 @@ def tokenize_with_query_mask(
         return_offsets_mapping=True,
         return_tensors="pt",
     )
-    offsets = enc.pop("offset_mapping")
+    offsets = enc["offset_mapping"] if keep_offsets else enc.pop("offset_mapping")
     return dict(enc), query_mask(offsets, enc["attention_mask"], starts)
 
 

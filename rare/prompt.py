@@ -47,11 +47,23 @@ def format_query(query: str, examples: Sequence[Example], instruction: str | Non
 
     With no examples and no instruction the query is returned as is (a plain base-model query).
     """
+    return layout_query(query, examples, instruction)[0]
+
+
+def layout_query(
+    query: str, examples: Sequence[Example], instruction: str | None
+) -> tuple[str, tuple[int, ...]]:
+    """`format_query`'s string and where its blocks start: each example block, then the target's
+    `Query: ` (empty for a raw query). Block attention (rare.block_attention) splits the string there."""
     if not examples and instruction is None:
-        return query
-    head = f"Instruct: {instruction or DEFAULT_INSTRUCTION}\n"
-    blocks = "".join(example_block(ex.query, ex.document) for ex in reversed(examples))
-    return f"{head}{blocks}Query: {query}"
+        return query, ()
+    parts = [f"Instruct: {instruction or DEFAULT_INSTRUCTION}\n"]
+    parts += [example_block(ex.query, ex.document) for ex in reversed(examples)]
+    starts, at = [], 0
+    for part in parts:
+        at += len(part)
+        starts.append(at)
+    return "".join(parts) + f"Query: {query}", tuple(starts)
 
 
 class QueryTooLongError(ValueError):
@@ -71,6 +83,8 @@ class AugmentedQuery:
     tokens: int = 0
     query_start: int = 0  # character offset of the target query in `text`
     pool_from: int = 0  # where pooling starts (rare.pooling): query_start under query pooling, else 0
+    block_starts: tuple[int, ...] = ()  # where each example block and the target `Query: ` start
+    blocks: tuple[int, ...] = ()  # block_starts under block attention (rare.block_attention), else ()
 
 
 class PromptBuilder:
@@ -122,12 +136,12 @@ class PromptBuilder:
     def build(self, query: str, examples: Sequence[ScoredExample], instruction: str | None) -> AugmentedQuery:
         """`examples` most similar first; `instruction` None with no examples means a raw query."""
         instr = instruction if instruction is not None else (DEFAULT_INSTRUCTION if examples else None)
-        bare = format_query(query, [], instr)
+        bare, bare_starts = layout_query(query, [], instr)
         base_tokens = self.count(bare)
         if base_tokens > self.max_tokens:
             raise QueryTooLongError(base_tokens, self.max_tokens)
         if not examples:
-            return AugmentedQuery(bare, [], base_tokens, len(bare) - len(query))
+            return AugmentedQuery(bare, [], base_tokens, len(bare) - len(query), block_starts=bare_starts)
         capped = [
             ScoredExample(
                 Example(s.example.id, s.example.query, self.cap_document(s.example.document)), s.score
@@ -144,8 +158,8 @@ class PromptBuilder:
             kept.append(s)
             total += cost
         while True:
-            text = format_query(query, [s.example for s in kept], instr)
+            text, starts = layout_query(query, [s.example for s in kept], instr)
             tokens = self.count(text)
             if tokens <= self.max_tokens or not kept:
-                return AugmentedQuery(text, kept, tokens, len(text) - len(query))
+                return AugmentedQuery(text, kept, tokens, len(text) - len(query), block_starts=starts)
             kept.pop()  # least similar goes first

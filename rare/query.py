@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from rare.block_attention import Attention, bert_of
 from rare.model import LoadedModel
 from rare.pooling import Pooling
 from rare.prompt import DEFAULT_INSTRUCTION, AugmentedQuery, PromptBuilder, ScoredExample
@@ -25,6 +26,7 @@ class QueryAugmenter:
         max_query_tokens: int | None = None,
         always_instruct: bool | None = None,
         pooling: Pooling | None = None,
+        attention: Attention | None = None,
     ):
         self.model = model
         limit = min(max_query_tokens or model.rare.max_query_tokens or model.max_tokens, model.max_tokens)
@@ -35,7 +37,11 @@ class QueryAugmenter:
             model.count_lock,
         )
         self.always_instruct = model.rare.trained if always_instruct is None else always_instruct
-        self.pooling: Pooling = pooling or model.rare.pooling
+        self.attention: Attention = attention or model.rare.attention
+        if self.attention == "block":
+            bert_of(model.st)  # refuse an architecture the block forward does not cover, up front
+        # Block attention pools the target query (its examples never see it).
+        self.pooling: Pooling = "query" if self.attention == "block" else (pooling or model.rare.pooling)
 
     def instruction_for(self, instruction: str | None, with_examples: bool) -> str | None:
         if with_examples or self.always_instruct:
@@ -47,7 +53,11 @@ class QueryAugmenter:
     ) -> AugmentedQuery:
         """`examples` most similar first, already selected; budget rules of rare.prompt apply."""
         a = self.builder.build(query, examples, self.instruction_for(instruction, bool(examples)))
-        return dataclasses.replace(a, pool_from=a.query_start if self.pooling == "query" else 0)
+        return dataclasses.replace(
+            a,
+            pool_from=a.query_start if self.pooling == "query" else 0,
+            blocks=a.block_starts if self.attention == "block" else (),
+        )
 
 
 def default_k(model: LoadedModel, configured: int | None = None) -> int:

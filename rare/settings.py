@@ -42,7 +42,20 @@ class Settings(BaseSettings):
         description="How a query with examples is pooled: query (its own tokens) | full (the whole "
         "string); unset = the model's own (full for a base model).",
     )
+    example_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory for cached example blocks of a block-attention model (keys and values of "
+        "each example at every layer, ~1 MB an example for all-MiniLM-L6-v2).",
+    )
     batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="How long an encode batch may wait for searches already in progress to join it "
+        "(a lone request never waits).",
+    )
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")
     max_body_bytes: int = Field(
         4_000_000, ge=1024, description="Largest request body accepted (413 past it)."

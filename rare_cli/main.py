@@ -161,7 +161,13 @@ def serve(
     example_doc_tokens: ExampleDocTokens = None,
     max_query_tokens: MaxQueryTokens = None,
     pooling: PoolingOpt = None,
+    example_cache_mb: Annotated[
+        int | None, typer.Option("--example-cache-mb", help=_help("example_cache_mb"))
+    ] = None,
     batch_tokens: BatchTokens = None,
+    batch_wait_ms: Annotated[
+        float | None, typer.Option("--batch-wait-ms", help=_help("batch_wait_ms"))
+    ] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help=_help("max_queue"))] = None,
     max_body_bytes: Annotated[
         int | None, typer.Option("--max-body-bytes", help=_help("max_body_bytes"))
@@ -189,7 +195,9 @@ def serve(
         example_doc_tokens=example_doc_tokens,
         max_query_tokens=max_query_tokens,
         pooling=pooling,
+        example_cache_mb=example_cache_mb,
         batch_tokens=batch_tokens,
+        batch_wait_ms=batch_wait_ms,
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         max_top_k=max_top_k,
@@ -249,6 +257,14 @@ def train(
             "attention); full: over the whole string.",
         ),
     ] = "query",
+    attention: Annotated[
+        str,
+        typer.Option(
+            "--attention",
+            help="full: every token attends to every other; block: examples attend only to themselves "
+            "(and the instruction), so the server encodes each once and caches it (query pooling).",
+        ),
+    ] = "full",
     forgetting_aware: Annotated[bool, typer.Option("--forgetting-aware/--no-forgetting-aware")] = False,
     forgetting_temperature: Annotated[
         float,
@@ -303,6 +319,7 @@ def train(
             skip_top=skip_top,
             temperature=temperature,
             pooling=pooling,
+            attention=attention,
             forgetting_aware=forgetting_aware,
             forgetting_temperature=forgetting_temperature,
             doc_tokens=doc_tokens,

@@ -54,6 +54,7 @@ class Engine:
         self._create_lock = asyncio.Lock()
         self.encoder: MicroBatcher | None = None
         self.searcher: MicroBatcher | None = None
+        self.queries_in_flight = 0  # searches between arrival and answer (the batcher's `expected`)
 
     # ---------- lifecycle ----------
     def load(self) -> None:
@@ -65,6 +66,9 @@ class Engine:
             max_query_tokens=s.max_query_tokens,
             pooling=s.pooling,
         )
+        if self.augmenter.attention == "block":
+            self.model.block_encoder.cache_bytes = s.example_cache_mb << 20
+            self.metrics.watch_example_cache(self.model.block_encoder.stats)
         for name in list_collections(s.data_dir):
             self._open(name)
 
@@ -87,14 +91,22 @@ class Engine:
         s, m = self.settings, self.metrics
 
         def fits_tokens(batch: list, item) -> bool:
-            longest = max(max(t for _, t, _ in batch), item[1])
+            longest = max(max(x[1] for x in batch), item[1])
             return (len(batch) + 1) * longest <= s.batch_tokens
 
         def on_encode(batch: list) -> None:
             m.batch_size.labels("encode").observe(len(batch))
-            m.tokens.labels("encoded").inc(sum(t for _, t, _ in batch))
+            m.tokens.labels("encoded").inc(sum(x[1] for x in batch))
 
-        self.encoder = MicroBatcher("encode", self._encode_batch, fits_tokens, s.max_queue, on_encode)
+        self.encoder = MicroBatcher(
+            "encode",
+            self._encode_batch,
+            fits_tokens,
+            s.max_queue,
+            on_encode,
+            max_wait_s=s.batch_wait_ms / 1000,
+            expected=lambda: self.queries_in_flight,
+        )
         self.searcher = MicroBatcher(
             "search",
             self._search_batch,
@@ -113,9 +125,9 @@ class Engine:
             col.close()
 
     # ---------- batch workers (run on their own threads) ----------
-    def _encode_batch(self, items: list[tuple[str, int, int]]) -> list[np.ndarray]:
-        texts, lengths, pool_from = zip(*items, strict=True)
-        return list(encode_batch(self.model, texts, lengths, pool_from))
+    def _encode_batch(self, items: list[tuple[str, int, int, tuple[int, ...]]]) -> list[np.ndarray]:
+        texts, lengths, pool_from, blocks = zip(*items, strict=True)
+        return list(encode_batch(self.model, texts, lengths, pool_from, blocks))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
         out: list = [None] * len(items)
@@ -163,11 +175,17 @@ class Engine:
 
     # ---------- encoding ----------
     async def encode(
-        self, texts: list[str], lengths: list[int], kind: str, pool_from: list[int] | None = None
+        self,
+        texts: list[str],
+        lengths: list[int],
+        kind: str,
+        pool_from: list[int] | None = None,
+        blocks: list[tuple[int, ...]] | None = None,
     ) -> np.ndarray:
         self.metrics.tokens.labels(kind).inc(sum(lengths))
         starts = pool_from or [0] * len(texts)
-        vecs = await self.encoder.submit(list(zip(texts, lengths, starts, strict=True)))
+        structure = blocks or [()] * len(texts)
+        vecs = await self.encoder.submit(list(zip(texts, lengths, starts, structure, strict=True)))
         return np.stack(vecs)
 
     async def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, int]:
@@ -176,7 +194,11 @@ class Engine:
 
     async def encode_queries(self, aug: list[AugmentedQuery]) -> np.ndarray:
         return await self.encode(
-            [a.text for a in aug], [a.tokens for a in aug], "query", [a.pool_from for a in aug]
+            [a.text for a in aug],
+            [a.tokens for a in aug],
+            "query",
+            [a.pool_from for a in aug],
+            [a.blocks for a in aug],
         )
 
     def resolve_k(self, requested: int | None) -> int:
@@ -208,9 +230,13 @@ class Engine:
     ) -> list[QueryResult]:
         if top_k > self.settings.max_top_k:
             raise BadRequestError(f"top_k must be at most {self.settings.max_top_k}")
-        aug = await self.augment(queries, col, k, given)
-        vecs = await self.encode_queries(aug)
-        hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
+        self.queries_in_flight += len(queries)
+        try:
+            aug = await self.augment(queries, col, k, given)
+            vecs = await self.encode_queries(aug)
+            hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
+        finally:
+            self.queries_in_flight -= len(queries)
         return [QueryResult(col, h, a) for h, a in zip(hits, aug, strict=True)]
 
     # ---------- writes ----------
@@ -256,6 +282,7 @@ class Engine:
                 "example_doc_tokens": self.augmenter.builder.example_doc_tokens if self.augmenter else None,
                 "max_query_tokens": self.augmenter.builder.max_tokens if self.augmenter else None,
                 "pooling": self.augmenter.pooling if self.augmenter else None,
+                "attention": self.augmenter.attention if self.augmenter else None,
                 "format": FORMAT_DESCRIPTION,
             },
             "collections": {n: c.stats() for n, c in self.collections.items()},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class Metrics:
@@ -38,3 +41,22 @@ class Metrics:
         self.rejected = Counter(
             "rare_rejected_total", "Requests refused by backpressure", registry=self.registry
         )
+
+    def watch_example_cache(self, stats: Callable[[], dict]) -> None:
+        """Block attention's cache of example keys and values (rare.block_attention), read at scrape."""
+
+        class _Collector:
+            def collect(self):
+                st = stats()
+                yield CounterMetricFamily(
+                    "rare_example_cache_hits", "Cached example blocks reused", st["hits"]
+                )
+                yield CounterMetricFamily(
+                    "rare_example_cache_misses", "Example blocks encoded into the cache", st["misses"]
+                )
+                yield GaugeMetricFamily("rare_example_cache_bytes", "Bytes held by the cache", st["bytes"])
+                yield GaugeMetricFamily(
+                    "rare_example_cache_entries", "Blocks held by the cache", st["entries"]
+                )
+
+        self.registry.register(_Collector())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from rare.block_attention import Attention
 from rare.pooling import Pooling
 
 
@@ -25,6 +26,7 @@ class TrainConfig(BaseModel):
     skip_top: int = Field(3, ge=0)
     temperature: float = Field(0.05, gt=0.0)
     pooling: Pooling = "query"
+    attention: Attention = "full"
     forgetting_aware: bool = False
     forgetting_temperature: float = Field(1.0, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)
@@ -41,3 +43,9 @@ class TrainConfig(BaseModel):
     keep_checkpoints: bool = False
     show_progress: bool = True
     cache_dir: Path | None = Path("var/cache")
+
+    @model_validator(mode="after")
+    def _block_pools_query(self) -> TrainConfig:
+        if self.attention == "block" and self.pooling != "query":
+            raise ValueError("attention 'block' pools the target query: use pooling 'query'")
+        return self

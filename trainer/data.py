@@ -26,6 +26,7 @@ class Sample:
     query: str
     anchor: str
     pool_from: int
+    blocks: tuple[int, ...]
     positive: str
     negatives: list[str] = field(default_factory=list)
     example_ids: list[str] = field(default_factory=list)
@@ -109,6 +110,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
         max_query_tokens=cfg.max_seq_length,
         always_instruct=True,
         pooling=cfg.pooling,
+        attention=cfg.attention,
     )
     doc_cap = PromptBuilder(base.tokenizer, cfg.max_seq_length, cfg.doc_tokens).cap_document
     samples = []
@@ -138,6 +140,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
                     query=q,
                     anchor=a.text,
                     pool_from=a.pool_from,
+                    blocks=a.blocks,
                     positive=doc_cap(pos),
                     negatives=[doc_cap(n) for n in negs],
                     example_ids=[s.example.id for s in a.examples],
@@ -150,10 +153,10 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
     return samples
 
 
-def to_dataset(samples: list[Sample], pooling: str):
+def to_dataset(samples: list[Sample], pooling: str, attention: str = "full"):
     from datasets import Dataset
 
-    from trainer.collator import POOL_FROM_COLUMN
+    from trainer.collator import BLOCKS_COLUMN, POOL_FROM_COLUMN
 
     cols: dict[str, list] = {"anchor": [s.anchor for s in samples], "positive": [s.positive for s in samples]}
     for j in range(len(samples[0].negatives) if samples else 0):
@@ -161,4 +164,6 @@ def to_dataset(samples: list[Sample], pooling: str):
     cols["label"] = [float(s.weight) for s in samples]  # per-sample loss weight
     if pooling == "query":
         cols[POOL_FROM_COLUMN] = [s.pool_from for s in samples]
+    if attention == "block":
+        cols[BLOCKS_COLUMN] = [list(s.blocks) for s in samples]
     return Dataset.from_dict(cols)

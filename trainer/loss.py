@@ -6,13 +6,15 @@ import torch
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
+from rare.block_attention import bert_of, block_forward
 from rare.pooling import masked_mean
 
 
 class WeightedInfoNCE(nn.Module):
     """InfoNCE over [all positives; all hard negatives] of the batch (MultipleNegativesRankingLoss),
     each sample's term weighted by its `label` (1.0 = plain MNRL; forgetting-aware weights otherwise).
-    Anchors that come with a `pool_mask` (query pooling) are pooled over those tokens only."""
+    Anchors that come with a `pool_mask` (query pooling) are pooled over those tokens only; with
+    `segments` too they are encoded under block attention (rare.block_attention)."""
 
     def __init__(self, model, temperature: float = 0.05):
         super().__init__()
@@ -21,10 +23,15 @@ class WeightedInfoNCE(nn.Module):
 
     def forward(self, sentence_features, labels: Tensor | None) -> Tensor:
         pool_mask = sentence_features[0].pop("pool_mask", None)
+        segments = sentence_features[0].pop("segments", None)
         if pool_mask is None:
             emb = embed_columns(self.model, sentence_features)
         else:
-            tokens = self.model(sentence_features[0])["token_embeddings"]
+            if segments is None:
+                tokens = self.model(sentence_features[0])["token_embeddings"]
+            else:
+                ids = sentence_features[0]["input_ids"]
+                tokens = block_forward(bert_of(self.model), ids, segments.to(ids.device))
             emb = [
                 masked_mean(tokens, pool_mask.to(tokens.device)),
                 *embed_columns(self.model, sentence_features[1:], separate_first=False),

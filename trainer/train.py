@@ -54,7 +54,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "weight_min": min(s.weight for s in samples),
             "weight_max": max(s.weight for s in samples),
         }
-    dataset = to_dataset(samples, cfg.pooling)
+    dataset = to_dataset(samples, cfg.pooling, cfg.attention)
 
     ckpt = checkpoint_dir(cfg.output)
     cuda = model.device.startswith("cuda")
@@ -106,6 +106,7 @@ def run_training(cfg: TrainConfig) -> dict:
         example_doc_tokens=cfg.example_doc_tokens,
         max_query_tokens=cfg.max_seq_length,
         pooling=cfg.pooling,
+        attention=cfg.attention,
         trained=True,
         base_model=base_name,
         training={

@@ -15,7 +15,12 @@ def pretrained_losses(
 ) -> np.ndarray:
     """Each sample's InfoNCE loss under the pre-trained model, against its own hard negatives and the
     positives of a random group of other samples (what a training batch would hold)."""
-    a = encode_texts(model, [s.anchor for s in samples], pool_from=[s.pool_from for s in samples])
+    a = encode_texts(
+        model,
+        [s.anchor for s in samples],
+        pool_from=[s.pool_from for s in samples],
+        blocks=[s.blocks for s in samples],
+    )
     p = encode_texts(model, [s.positive for s in samples])
     negs = [n for s in samples for n in s.negatives]
     n = encode_texts(model, negs) if negs else np.zeros((0, a.shape[1]), np.float32)

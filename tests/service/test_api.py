@@ -227,3 +227,50 @@ def test_query_pooling_setting_reaches_search(tmp_path, data_dir, model):
     docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in hits])
     np.testing.assert_allclose([h["score"] for h in hits], docs @ pooled, atol=1e-3)
     assert np.abs(docs @ full - docs @ pooled).max() > 1e-2  # the two poolings are told apart
+
+
+def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model):
+    """A model that carries attention 'block' is served through the example cache, with scores equal
+    to the whole-string block forward that training runs."""
+    import shutil
+
+    from rare.beir_data import doc_text
+    from rare.block_attention import bert_of, block_forward, segment_ids
+    from rare.model import RareConfig
+    from rare.pooling import masked_mean, tokenize_with_query_mask
+    from rare.prompt import Example, ScoredExample
+    from rare.query import QueryAugmenter
+
+    block_dir = tmp_path / "block-model"
+    shutil.copytree(model.path, block_dir)
+    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
+    query = "volcano lava"
+    given = [
+        {"query": "How do volcanoes erupt", "document": "Magma rises through the crust as lava."},
+        {"query": "What is basalt", "document": "Basalt is a rock formed from cooled lava."},
+    ]
+    env = {"RARE_MODEL": str(block_dir)}
+    with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
+        info = c.get("/info").json()
+        body = {"query": query, "collection": "tiny", "top_k": 5, "examples": given}
+        r = c.post("/search", json=body)
+        again = c.post("/search", json=body)
+        metrics = c.get("/metrics").text
+    assert info["rare"]["attention"] == "block" and info["rare"]["pooling"] == "query", info["rare"]
+    assert r.status_code == 200 and again.json()["results"] == r.json()["results"], r.text
+    # The second search reused the instruction prefix and both examples.
+    assert "rare_example_cache_hits_total 3.0" in metrics and "rare_example_cache_misses_total 3.0" in metrics
+    exs = [ScoredExample(Example("x", g["query"], g["document"]), 0.0) for g in given]
+    aug = QueryAugmenter(model, attention="block").build(
+        query, exs, info["collections"]["tiny"]["instruction"]
+    )
+    enc, pool = tokenize_with_query_mask(model.tokenizer, [aug.text], [aug.pool_from], 256, keep_offsets=True)
+    seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], [aug.blocks])
+    import torch
+
+    with torch.inference_mode():
+        states = block_forward(bert_of(model.st), enc["input_ids"], seg)
+        expected = torch.nn.functional.normalize(masked_mean(states, pool), dim=-1)[0].numpy()
+    hits = r.json()["results"]
+    docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in hits])
+    np.testing.assert_allclose([h["score"] for h in hits], docs @ expected, atol=1e-3)

@@ -39,7 +39,12 @@ def corpus_loss(model, tiny_dir, samples) -> float:
     ds = load_beir(tiny_dir)
     ids = list(ds.corpus)
     docs = encode_texts(model, [ds.doc_text(i) for i in ids])
-    anchors = encode_texts(model, [s.anchor for s in samples], pool_from=[s.pool_from for s in samples])
+    anchors = encode_texts(
+        model,
+        [s.anchor for s in samples],
+        pool_from=[s.pool_from for s in samples],
+        blocks=[s.blocks for s in samples],
+    )
     qrels = ds.split("train")
     logits = anchors @ docs.T / 0.05
     logits -= logits.max(axis=1, keepdims=True)
@@ -130,6 +135,48 @@ def test_query_pooling_batches_and_training(tmp_path, tiny_dir, model):
     trained = load_model(str(c.output), "cpu", cache=False)
     assert trained.rare.pooling == "query"
     assert corpus_loss(trained, tiny_dir, samples) < 0.7 * before
+
+
+def test_block_attention_batches_and_training(tmp_path, tiny_dir, model):
+    """The collator's segments split each anchor at its example blocks; training through the block
+    forward lowers the loss as served (cached examples), and the model reloads with attention 'block'."""
+    from rare.block_attention import PREFIX, QUERY
+    from trainer.collator import QueryPoolingCollator
+
+    c = cfg(tmp_path, tiny_dir, attention="block", plain_fraction=0.0, k=2, max_steps=6)
+    samples = build_samples(c, model, load_sources(c, model))
+    assert all(len(s.blocks) == len(s.example_ids) + 1 for s in samples)
+    assert sum(len(s.example_ids) for s in samples[:4]) >= 4
+    ds = to_dataset(samples, "query", "block")
+    collate = QueryPoolingCollator(
+        preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=256
+    )
+    batch = collate([ds[i] for i in range(4)])
+    for row, s in enumerate(samples[:4]):
+        seg, ids = batch["anchor_segments"][row], batch["anchor_input_ids"][row]
+        examples = set(seg[(seg > PREFIX) & (seg < QUERY)].tolist())
+        assert seg[0] == PREFIX and examples == set(range(1, len(s.example_ids) + 1))
+        query_part = model.tokenizer.decode(ids[seg == QUERY], skip_special_tokens=True)
+        assert query_part == model.tokenizer.decode(
+            model.tokenizer(f"Query: {s.query}", add_special_tokens=False)["input_ids"]
+        )
+    before = corpus_loss(model, tiny_dir, samples)
+    run_training(c)
+    trained = load_model(str(c.output), "cpu", cache=False)
+    assert trained.rare.attention == "block" and trained.rare.pooling == "query"
+    assert corpus_loss(trained, tiny_dir, samples) < 0.7 * before
+    # Served from cached example blocks the second time, with the same embeddings.
+    args = dict(pool_from=[s.pool_from for s in samples], blocks=[s.blocks for s in samples])
+    first = encode_texts(trained, [s.anchor for s in samples], **args)
+    assert trained.block_encoder.stats()["entries"] > 0
+    again = encode_texts(trained, [s.anchor for s in samples], **args)
+    assert trained.block_encoder.stats()["hits"] > 0
+    np.testing.assert_allclose(first, again, atol=1e-6)
+
+
+def test_block_attention_needs_query_pooling(tmp_path, tiny_dir):
+    with pytest.raises(ValueError, match="pooling 'query'"):
+        cfg(tmp_path, tiny_dir, attention="block", pooling="full")
 
 
 def test_resume_from_checkpoint(tmp_path, tiny_dir):

@@ -1,0 +1,290 @@
+"""Block attention: an augmented query whose examples are encoded once and reused.
+
+Under full attention every token of `Instruct … Query: q` sees every other, so each query pays for all
+~200 example tokens again (5 examples make a 23-token SciFact query ~215 tokens; on CPU encode cost
+is linear in tokens). Under block attention:
+
+- the prefix ([CLS] + instruction) attends to itself;
+- each example block attends to the prefix and to itself, at positions that restart after the prefix,
+  so its states do not depend on the query, its slot or the other examples;
+- the target query block (`Query: q` + [SEP]) attends to everything and is pooled (query pooling).
+
+An example's keys and values at every layer are therefore a function of (instruction, example) only:
+`BlockEncoder` computes them once, keeps them in a byte-bounded LRU, and a query then runs just its
+own ~25 tokens through the model, attending to the cached keys. Training (`rare train --attention
+block`) runs the same masks and positions over the whole string (`block_forward`), so served and
+trained embeddings agree to float error (tests/test_block_attention.py). BERT-architecture encoders
+only (all-MiniLM-L6-v2, BGE, E5, ...): the forward pass below is written against their modules.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+Attention = Literal["full", "block"]
+
+PREFIX = 0  # segment id of [CLS] + instruction; examples are 1..n
+QUERY = 1 << 20  # segment id of the target query block (and of every token of an unstructured text)
+PAD = -1
+
+
+class BlockAttentionError(ValueError):
+    pass
+
+
+def bert_of(st):
+    """The BERT encoder inside a sentence-transformers model, or a clear error."""
+    auto = getattr(st[0], "auto_model", None)
+    cfg = getattr(auto, "config", None)
+    if getattr(cfg, "model_type", None) != "bert" or getattr(cfg, "is_decoder", False):
+        raise BlockAttentionError(
+            f"block attention needs a BERT-architecture encoder; this model is "
+            f"'{getattr(cfg, 'model_type', type(auto).__name__)}'. Use attention 'full'."
+        )
+    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
+        raise BlockAttentionError("block attention needs absolute position embeddings")
+    return auto
+
+
+def segment_ids(offsets: torch.Tensor, attention_mask: torch.Tensor, blocks: Sequence[Sequence[int]]):
+    """Per token: PREFIX, an example's number (1..n), QUERY or PAD.
+
+    `blocks[i]` holds the character offsets where text i's example blocks start, then where its target
+    `Query: ` starts; empty means an unstructured text (a document, a raw query): all QUERY, i.e. full
+    attention. Special tokens (empty offsets) go with their neighbours: [CLS] to the prefix, [SEP] to
+    the query.
+    """
+    import torch
+
+    B, S = attention_mask.shape
+    seg = torch.full((B, S), QUERY, dtype=torch.long)
+    starts = offsets[..., 0]
+    special = offsets[..., 1] <= offsets[..., 0]
+    for i, b in enumerate(blocks):
+        if not b:
+            continue
+        bounds = torch.as_tensor(list(b), dtype=starts.dtype)
+        # Blocks started at or before each token.
+        n = torch.bucketize(starts[i].contiguous(), bounds, right=True)
+        row = torch.where(n == len(b), torch.full_like(n, QUERY), n)
+        first_real = int((~special[i]).nonzero()[0]) if (~special[i]).any() else S
+        row[:first_real] = PREFIX  # [CLS]
+        row[special[i] & (torch.arange(S) >= first_real)] = QUERY  # [SEP]
+        seg[i] = row
+    seg[~attention_mask.bool()] = PAD
+    return seg
+
+
+def positions(seg: torch.Tensor) -> torch.Tensor:
+    """Natural positions, except that every example block restarts right after the prefix."""
+    import torch
+
+    B, S = seg.shape
+    pos = torch.arange(S).expand(B, S).clone()
+    prefix_len = (seg == PREFIX).sum(dim=1, keepdim=True)
+    is_ex = (seg > PREFIX) & (seg != QUERY)
+    for i in range(B):
+        if not is_ex[i].any():
+            continue
+        for s in torch.unique(seg[i][is_ex[i]]).tolist():
+            idx = (seg[i] == s).nonzero().squeeze(1)
+            pos[i, idx] = prefix_len[i, 0] + torch.arange(len(idx))
+    return pos
+
+
+def allowed(seg: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) boolean: may token i attend to token j."""
+    si, sj = seg.unsqueeze(2), seg.unsqueeze(1)
+    ok = (sj != PAD) & ((si == QUERY) | (sj == PREFIX) | (si == sj))
+    ok = ok | ((si == PAD) & (sj != PAD))  # padding rows: anything valid (their output is unused)
+    return ok.unsqueeze(1)
+
+
+def _layer(layer, h, mask, ctx_k=None, ctx_v=None):
+    """One BERT layer with an explicit boolean mask over [context keys; own keys]."""
+    import torch
+    from torch.nn import functional as F
+
+    a = layer.attention.self
+    B, S, D = h.shape
+    H = a.num_attention_heads
+    d = D // H
+
+    def heads(x):
+        return x.view(B, S, H, d).transpose(1, 2)
+
+    q, k, v = heads(a.query(h)), heads(a.key(h)), heads(a.value(h))
+    kk = k if ctx_k is None else torch.cat([ctx_k, k], dim=2)
+    vv = v if ctx_v is None else torch.cat([ctx_v, v], dim=2)
+    p = a.dropout.p if a.training else 0.0
+    ctx = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, dropout_p=p)
+    ctx = ctx.transpose(1, 2).reshape(B, S, D)
+    so = layer.attention.output
+    h1 = so.LayerNorm(so.dropout(so.dense(ctx)) + h)
+    out = layer.output
+    h2 = out.LayerNorm(out.dropout(out.dense(layer.intermediate(h1))) + h1)
+    return h2, k, v
+
+
+def _run(bert, input_ids, position_ids, mask, ctx=None, keep: bool = False):
+    """Embeddings + layers. `ctx[l]` = (keys, values) prepended at layer l; with `keep`, every layer's
+    own keys and values are returned too."""
+    import torch
+
+    h = bert.embeddings(
+        input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), position_ids=position_ids
+    )
+    kept = []
+    for li, layer in enumerate(bert.encoder.layer):
+        ck, cv = ctx[li] if ctx is not None else (None, None)
+        h, k, v = _layer(layer, h, mask, ck, cv)
+        if keep:
+            kept.append((k, v))
+    return h, kept
+
+
+def block_forward(bert, input_ids: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Token states of whole strings under block attention (training, and the uncached reference)."""
+    return _run(bert, input_ids, positions(seg), allowed(seg))[0]
+
+
+class BlockEncoder:
+    """Serves block-attention queries: examples' per-layer keys and values cached, query tokens run.
+
+    Not thread-safe by itself: `LoadedModel.encode` calls it under the model's encode lock.
+    """
+
+    def __init__(self, st, cache_bytes: int = 1 << 30):
+        self.st = st
+        self.bert = bert_of(st)
+        self.cache_bytes = cache_bytes
+        # key -> (layers, 2, heads, tokens, head dim): keys and values of one prefix or example.
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def _put(self, key: tuple, kv: torch.Tensor) -> None:
+        size = kv.numel() * kv.element_size()
+        if size > self.cache_bytes:
+            return
+        self._cache[key] = kv
+        self._bytes += size
+        while self._bytes > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    def stats(self) -> dict:
+        return {"entries": len(self._cache), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+    def encode(
+        self, texts: list[str], pool_from: Sequence[int], blocks: Sequence[Sequence[int]], max_length: int
+    ) -> np.ndarray:
+        import torch
+
+        from rare.pooling import masked_mean, tokenize_with_query_mask
+
+        enc, pool = tokenize_with_query_mask(
+            self.st.tokenizer, texts, pool_from, max_length, keep_offsets=True
+        )
+        seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], blocks)
+        with torch.inference_mode():
+            rows = [self._split(enc["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
+            kv = self._context([r[0] for r in rows])
+            states, qmask = self._query_pass(rows, kv)
+            emb = torch.nn.functional.normalize(masked_mean(states, qmask), dim=-1)
+        return emb.float().cpu().numpy()
+
+    @staticmethod
+    def _split(ids, seg, pool):
+        """(context keys, query ids, query pool mask, context length) of one text."""
+        prefix = tuple(ids[seg == PREFIX].tolist())
+        keys: list[tuple] = [("p", prefix)] if prefix else []
+        for s in torch_unique_examples(seg):
+            keys.append(("e", prefix, tuple(ids[seg == s].tolist())))
+        ctx_len = sum(len(k[-1]) for k in keys)
+        q = seg == QUERY
+        return keys, ids[q], pool[q], ctx_len
+
+    def _context(self, row_keys: list[list[tuple]]) -> dict:
+        """Keys and values of every prefix and example the batch needs: cached, or computed in one
+        forward per kind (prefixes first: an example's states attend to its prefix)."""
+        import torch
+
+        out: dict[tuple, torch.Tensor] = {}
+        for kind in ("p", "e"):
+            todo = []
+            for k in dict.fromkeys(k for keys in row_keys for k in keys if k[0] == kind):
+                kv = self._cache.get(k)
+                if kv is None:
+                    todo.append(k)
+                else:
+                    self._cache.move_to_end(k)
+                    self.hits += 1
+                    out[k] = kv
+            if not todo:
+                continue
+            self.misses += len(todo)
+            seqs = [list(k[1]) + (list(k[2]) if kind == "e" else []) for k in todo]
+            S = max(len(s) for s in seqs)
+            ids = torch.zeros((len(seqs), S), dtype=torch.long)
+            seg = torch.full((len(seqs), S), PAD, dtype=torch.long)
+            for i, (k, s) in enumerate(zip(todo, seqs, strict=True)):
+                ids[i, : len(s)] = torch.as_tensor(s)
+                seg[i, : len(k[1])] = PREFIX
+                seg[i, len(k[1]) : len(s)] = 1
+            _, layers = _run(self.bert, ids, positions(seg), allowed(seg), keep=True)
+            for i, (k, s) in enumerate(zip(todo, seqs, strict=True)):
+                lo = 0 if kind == "p" else len(k[1])
+                kv = torch.stack(
+                    [torch.stack([kk[i, :, lo : len(s)], vv[i, :, lo : len(s)]]) for kk, vv in layers]
+                )
+                out[k] = kv
+                self._put(k, kv)
+        return out
+
+    def _query_pass(self, rows, kv: dict):
+        import torch
+
+        B = len(rows)
+        Sq = max(len(r[1]) for r in rows)
+        L = max(r[3] for r in rows)
+        ids = torch.zeros((B, Sq), dtype=torch.long)
+        pos = torch.zeros((B, Sq), dtype=torch.long)
+        qmask = torch.zeros((B, Sq), dtype=torch.bool)
+        valid = torch.zeros((B, L + Sq), dtype=torch.bool)
+        for i, (_, q_ids, q_pool, ctx_len) in enumerate(rows):
+            n = len(q_ids)
+            # The query block sits after all example tokens in the string: its natural positions.
+            ids[i, :n], pos[i, :n], qmask[i, :n] = q_ids, torch.arange(n) + ctx_len, q_pool
+            valid[i, :ctx_len] = True
+            valid[i, L : L + n] = True
+        ctx = None
+        if L:
+            ref = next(iter(kv.values()))
+            n_layers, _, H, _, d = ref.shape
+            full = torch.zeros((n_layers, 2, B, H, L, d), dtype=ref.dtype)
+            for i, (keys, *_rest) in enumerate(rows):
+                at = 0
+                for k in keys:
+                    part = kv[k]
+                    full[:, :, i, :, at : at + part.shape[3]] = part
+                    at += part.shape[3]
+            ctx = [(full[li, 0], full[li, 1]) for li in range(n_layers)]
+        else:
+            valid = valid[:, L:]
+        mask = valid[:, None, None, :].expand(B, 1, Sq, valid.shape[1])
+        states, _ = _run(self.bert, ids, pos, mask, ctx=ctx)
+        return states, qmask
+
+
+def torch_unique_examples(seg) -> list[int]:
+    """Example segment ids present in one row, in order."""
+    ex = seg[(seg != PREFIX) & (seg != QUERY) & (seg != PAD)]
+    return sorted(set(ex.tolist()))

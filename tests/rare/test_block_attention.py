@@ -1,0 +1,132 @@
+"""Block attention: the cached serving path equals the whole-string forward that training runs."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from rare.block_attention import (
+    PREFIX,
+    QUERY,
+    BlockAttentionError,
+    BlockEncoder,
+    bert_of,
+    block_forward,
+    segment_ids,
+)
+from rare.pooling import masked_mean, tokenize_with_query_mask
+from rare.prompt import Example, ScoredExample
+from rare.query import QueryAugmenter
+
+EXAMPLES = [
+    ScoredExample(
+        Example(
+            str(i), f"what does study {i} say about insulin", f"Study {i} measured insulin in mice. " * 4
+        ),
+        1.0 - i / 10,
+    )
+    for i in range(5)
+]
+
+
+def augmented(model):
+    aug = QueryAugmenter(model, attention="block")
+    return [
+        aug.build("does vitamin d prevent fractures", EXAMPLES[:3], None),
+        aug.build("insulin resistance in obese adults", EXAMPLES[1:5], None),  # shares three examples
+        aug.build("a query with its instruction only", [], "Find abstracts"),
+    ]
+
+
+def whole_string(model, texts, pool_from, blocks) -> np.ndarray:
+    """The training path: the whole string through one block-masked forward."""
+    enc, pool = tokenize_with_query_mask(
+        model.tokenizer, texts, pool_from, model.max_tokens, keep_offsets=True
+    )
+    seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], blocks)
+    with torch.inference_mode():
+        states = block_forward(bert_of(model.st), enc["input_ids"], seg)
+        return torch.nn.functional.normalize(masked_mean(states, pool), dim=-1).numpy()
+
+
+def test_segments_split_at_the_blocks(model):
+    a = augmented(model)[0]
+    assert len(a.blocks) == 4 and a.text[a.blocks[-1] :].startswith("Query: does vitamin d")
+    enc, _ = tokenize_with_query_mask(model.tokenizer, [a.text], [a.pool_from], 256, keep_offsets=True)
+    seg = segment_ids(enc["offset_mapping"], enc["attention_mask"], [a.blocks])[0]
+    ids = enc["input_ids"][0]
+    assert seg[0] == PREFIX and seg[-1] == QUERY  # [CLS] with the instruction, [SEP] with the query
+    decode = model.tokenizer.decode
+    assert decode(ids[seg == PREFIX], skip_special_tokens=True).startswith("instruct : given a query")
+    # Examples are written most similar last: block 3 is EXAMPLES[0].
+    assert decode(ids[seg == 3]).startswith("query : what does study 0 say")
+    assert decode(ids[seg == QUERY], skip_special_tokens=True) == "query : does vitamin d prevent fractures"
+
+
+def test_cached_serving_equals_the_training_forward(model):
+    augs = augmented(model)
+    texts = [a.text for a in augs] + ["a plain document about insulin"]
+    pool_from = [a.pool_from for a in augs] + [0]
+    blocks = [a.blocks for a in augs] + [()]
+    enc = BlockEncoder(model.st)
+    got = enc.encode(texts, pool_from, blocks, model.max_tokens)
+    np.testing.assert_allclose(got, whole_string(model, texts, pool_from, blocks), atol=1e-5)
+    assert enc.stats()["misses"] == 1 + 5 and enc.stats()["hits"] == 0  # one prefix, five examples
+    again = enc.encode(texts[::-1], pool_from[::-1], blocks[::-1], model.max_tokens)[::-1]
+    np.testing.assert_allclose(again, got, atol=1e-6)
+    assert enc.stats()["hits"] == 6 and enc.stats()["misses"] == 6
+    # A text without blocks is the model's own embedding (full attention, mean pooling).
+    np.testing.assert_allclose(got[-1], model.encode([texts[-1]])[0], atol=1e-5)
+
+
+def test_a_tiny_cache_evicts_and_stays_correct(model):
+    augs = augmented(model)
+    args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs])
+    small = BlockEncoder(model.st, cache_bytes=600_000)  # about one example's keys and values
+    got = small.encode(*args, model.max_tokens)
+    assert small.stats()["bytes"] <= 600_000
+    np.testing.assert_allclose(got, whole_string(model, *args), atol=1e-5)
+
+
+def test_examples_do_not_see_the_query_but_the_query_sees_them(model):
+    aug = QueryAugmenter(model, attention="block")
+    one = aug.build("does vitamin d prevent fractures", EXAMPLES[:2], None)
+    other = aug.build("does vitamin d prevent fractures", EXAMPLES[2:4], None)
+    plain = QueryAugmenter(model, attention="block").build("does vitamin d prevent fractures", [], None)
+    three = (one, other, plain)
+    e = model.encode([a.text for a in three], [a.pool_from for a in three], [a.blocks for a in three])
+    assert np.abs(e[0] - e[1]).max() > 1e-3 and np.abs(e[0] - e[2]).max() > 1e-3
+    # The examples' states are the same under another query.
+    enc, _ = tokenize_with_query_mask(
+        model.tokenizer, [one.text, one.text.replace("fractures", "cancer")], [1, 1], 256, keep_offsets=True
+    )
+    seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], [one.blocks, one.blocks])
+    with torch.inference_mode():
+        states = block_forward(bert_of(model.st), enc["input_ids"], seg)
+    ex = (seg[0] != QUERY) & (seg[0] >= 0)
+    np.testing.assert_allclose(states[0][ex], states[1][ex], atol=1e-5)
+    q = seg[0] == QUERY
+    assert (states[0][q] - states[1][q]).abs().max() > 1e-2
+
+
+def test_model_encode_routes_block_texts_and_keeps_documents_plain(model):
+    augs = augmented(model)
+    texts = [augs[0].text, "a document"]
+    got = model.encode(texts, [augs[0].pool_from, 0], [augs[0].blocks, ()])
+    np.testing.assert_allclose(got[1], model.encode(["a document"])[0], atol=1e-6)
+    np.testing.assert_allclose(
+        got[0], whole_string(model, texts[:1], [augs[0].pool_from], [augs[0].blocks])[0], atol=1e-5
+    )
+
+
+def test_other_architectures_are_refused_clearly():
+    from transformers import MPNetConfig, MPNetModel
+
+    tiny = MPNetModel(
+        MPNetConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
+    with pytest.raises(BlockAttentionError, match="BERT-architecture"):
+        bert_of([types.SimpleNamespace(auto_model=tiny)])
