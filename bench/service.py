@@ -86,9 +86,14 @@ async def cache_counts(url: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--beir", type=Path, required=True)
-    ap.add_argument("--data-dir", type=Path, default=ROOT / "var")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        help="default: var, or var/bench-data/<model dir name> with --model (a server refuses collections "
+        "built with another model, and reports not ready)",
+    )
     ap.add_argument("--model", help="model directory (default: the bundled all-MiniLM-L6-v2)")
-    ap.add_argument("--collection", help="default: scifact, or scifact-<model dir name> with --model")
+    ap.add_argument("--collection", default="scifact")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument(
         "--requests", type=int, default=300, help="requests per k-example cell (distinct queries)"
@@ -114,7 +119,10 @@ def main() -> None:
     from rare.query import QueryAugmenter
 
     model = load_model(args.model, "cpu")
-    args.collection = args.collection or ("scifact" if not args.model else f"scifact-{Path(args.model).name}")
+    if args.data_dir is None:
+        args.data_dir = (
+            ROOT / "var" if not args.model else ROOT / "var" / "bench-data" / Path(args.model).name
+        )
     if not (collections_root(args.data_dir) / args.collection / "CURRENT").is_file():
         print(f"building collection {args.collection} ...", flush=True)
         index_beir(args.data_dir, args.collection, model, args.beir)

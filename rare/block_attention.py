@@ -13,8 +13,13 @@ An example's keys and values at every layer are therefore a function of (instruc
 `BlockEncoder` computes them once, keeps them in a byte-bounded LRU, and a query then runs just its
 own ~25 tokens through the model, attending to the cached keys. Training (`rare train --attention
 block`) runs the same masks and positions over the whole string (`block_forward`), so served and
-trained embeddings agree to float error (tests/test_block_attention.py). BERT-architecture encoders
-only (all-MiniLM-L6-v2, BGE, E5, ...): the forward pass below is written against their modules.
+trained embeddings agree to float error (tests/rare/test_block_attention.py). BERT-architecture
+encoders only (all-MiniLM-L6-v2, BGE, E5, ...): the forward pass below is written against their modules.
+
+The query pass runs packed: the batch's tokens in one (tokens, D) matrix for the dense layers (most of
+the work), padded only for attention. A serving batch in arrival order then costs its real tokens, not
+its size times its longest text, so `rare.encoding.encode_batch` sends every text of a mean-pooling BERT
+model this way (`LoadedModel.packable`), structured or not.
 """
 
 from __future__ import annotations
@@ -106,25 +111,32 @@ def allowed(seg: torch.Tensor) -> torch.Tensor:
     return ok.unsqueeze(1)
 
 
-def _layer(layer, h, mask, ctx_k=None, ctx_v=None):
-    """One BERT layer with an explicit boolean mask over [context keys; own keys]."""
+def _layer(layer, h, mask, ctx_k=None, ctx_v=None, valid=None):
+    """One BERT layer with an explicit boolean mask over [context keys; own keys]. With `valid` (B, S),
+    `h` is packed (tokens, D): the dense layers, most of the work, run on real tokens only, and only
+    attention sees the padded layout."""
     import torch
     from torch.nn import functional as F
 
     a = layer.attention.self
-    B, S, D = h.shape
+    q, k, v = a.query(h), a.key(h), a.value(h)
+    if valid is not None:
+        q, k, v = (_unpack(x, valid) for x in (q, k, v))
+    B, S, D = q.shape
     H = a.num_attention_heads
     d = D // H
 
     def heads(x):
         return x.view(B, S, H, d).transpose(1, 2)
 
-    q, k, v = heads(a.query(h)), heads(a.key(h)), heads(a.value(h))
+    q, k, v = heads(q), heads(k), heads(v)
     kk = k if ctx_k is None else torch.cat([ctx_k, k], dim=2)
     vv = v if ctx_v is None else torch.cat([ctx_v, v], dim=2)
     p = a.dropout.p if a.training else 0.0
     ctx = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, dropout_p=p)
     ctx = ctx.transpose(1, 2).reshape(B, S, D)
+    if valid is not None:
+        ctx = ctx[valid]
     so = layer.attention.output
     h1 = so.LayerNorm(so.dropout(so.dense(ctx)) + h)
     out = layer.output
@@ -132,18 +144,26 @@ def _layer(layer, h, mask, ctx_k=None, ctx_v=None):
     return h2, k, v
 
 
-def _run(bert, input_ids, position_ids, mask, ctx=None, keep: bool = False):
+def _unpack(x, valid):
+    out = x.new_zeros((*valid.shape, x.shape[-1]))
+    out[valid] = x
+    return out
+
+
+def _run(bert, input_ids, position_ids, mask, ctx=None, keep: bool = False, valid=None):
     """Embeddings + layers. `ctx[l]` = (keys, values) prepended at layer l; with `keep`, every layer's
-    own keys and values are returned too."""
+    own keys and values are returned too; with `valid`, ids and positions are packed (see `_layer`)."""
     import torch
 
     h = bert.embeddings(
         input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), position_ids=position_ids
     )
+    if valid is not None:
+        h = h[0]  # (1, tokens, D) -> (tokens, D)
     kept = []
     for li, layer in enumerate(bert.encoder.layer):
         ck, cv = ctx[li] if ctx is not None else (None, None)
-        h, k, v = _layer(layer, h, mask, ck, cv)
+        h, k, v = _layer(layer, h, mask, ck, cv, valid)
         if keep:
             kept.append((k, v))
     return h, kept
@@ -155,7 +175,8 @@ def block_forward(bert, input_ids: torch.Tensor, seg: torch.Tensor) -> torch.Ten
 
 
 class BlockEncoder:
-    """Serves block-attention queries: examples' per-layer keys and values cached, query tokens run.
+    """Serves block-attention queries (examples' per-layer keys and values cached, query tokens run)
+    and, packed, any other text of the model (no blocks: full attention over the text).
 
     Not thread-safe by itself: `LoadedModel.encode` calls it under the model's encode lock.
     """
@@ -188,7 +209,7 @@ class BlockEncoder:
     ) -> np.ndarray:
         import torch
 
-        from rare.pooling import masked_mean, tokenize_with_query_mask
+        from rare.pooling import tokenize_with_query_mask
 
         enc, pool = tokenize_with_query_mask(
             self.st.tokenizer, texts, pool_from, max_length, keep_offsets=True
@@ -197,8 +218,11 @@ class BlockEncoder:
         with torch.inference_mode():
             rows = [self._split(enc["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
             kv = self._context([r[0] for r in rows])
-            states, qmask = self._query_pass(rows, kv)
-            emb = torch.nn.functional.normalize(masked_mean(states, qmask), dim=-1)
+            states, pool_tokens, row_of = self._query_pass(rows, kv)
+            sums = states.new_zeros((len(rows), states.shape[-1]))
+            sums.index_add_(0, row_of[pool_tokens], states[pool_tokens])
+            counts = torch.bincount(row_of[pool_tokens], minlength=len(rows)).clamp_min(1)
+            emb = torch.nn.functional.normalize(sums / counts[:, None].to(sums.dtype), dim=-1)
         return emb.float().cpu().numpy()
 
     @staticmethod
@@ -269,19 +293,23 @@ class BlockEncoder:
         if L:
             ref = next(iter(kv.values()))
             n_layers, _, H, _, d = ref.shape
-            full = torch.zeros((n_layers, 2, B, H, L, d), dtype=ref.dtype)
+            # ~2 MB a query for all-MiniLM-L6-v2 with 5 examples: filled once, padding zeroed only.
+            full = torch.empty((n_layers, 2, B, H, L, d), dtype=ref.dtype)
             for i, (keys, *_rest) in enumerate(rows):
                 at = 0
                 for k in keys:
                     part = kv[k]
                     full[:, :, i, :, at : at + part.shape[3]] = part
                     at += part.shape[3]
+                full[:, :, i, :, at:] = 0
             ctx = [(full[li, 0], full[li, 1]) for li in range(n_layers)]
         else:
             valid = valid[:, L:]
         mask = valid[:, None, None, :].expand(B, 1, Sq, valid.shape[1])
-        states, _ = _run(self.bert, ids, pos, mask, ctx=ctx)
-        return states, qmask
+        # Packed: a batch in arrival order costs its real tokens, not B x its longest query.
+        own = valid[:, -Sq:]
+        states, _ = _run(self.bert, ids[own][None], pos[own][None], mask, ctx=ctx, valid=own)
+        return states, qmask[own], own.nonzero()[:, 0]
 
 
 def torch_unique_examples(seg) -> list[int]:

@@ -70,7 +70,10 @@ def encode_batch(
     pool_from: Sequence[int] | None = None,
     blocks: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """Embeddings of one serving batch, in input order, run as length-homogeneous sub-batches."""
+    """Embeddings of one serving batch, in input order: one packed call when the model runs packed
+    (no padding to split away), else length-homogeneous sub-batches."""
+    if model.packable:
+        return model.encode(list(texts), pool_from, blocks, packed=True)
     out = np.zeros((len(texts), model.dim), dtype=np.float32)
     for idx in split_by_length(lengths):
         out[idx] = model.encode([texts[i] for i in idx], _pick(pool_from, idx), _pick(blocks, idx))

@@ -129,20 +129,25 @@ class LoadedModel:
         texts: list[str],
         pool_from: Sequence[int] | None = None,
         blocks: Sequence[Sequence[int]] | None = None,
+        packed: bool = False,
     ):
         """Normalized embeddings of `texts` (thread-safe). `pool_from[i] > 0` pools text i from that
         character on (query pooling, rare.pooling); `blocks[i]` non-empty encodes it under block
-        attention (rare.block_attention). Other texts run the model's own pipeline and pooling."""
+        attention (rare.block_attention). Other texts run the model's own pipeline and pooling, or,
+        with `packed` on a model that allows it (`packable`), the packed forward: for batches in
+        arrival order, where padding every text to the longest would waste most of the work."""
         import numpy as np
 
         n = len(texts)
         pool_from = list(pool_from) if pool_from is not None else [0] * n
         blocks = list(blocks) if blocks is not None else [()] * n
-        special = [i for i in range(n) if pool_from[i] or blocks[i]]
-        plain = [i for i in range(n) if not (pool_from[i] or blocks[i])]
         with self.encode_lock:
+            if packed and self.packable:
+                return self.block_encoder.encode(texts, pool_from, blocks, self.max_tokens)
+            special = [i for i in range(n) if pool_from[i] or blocks[i]]
             if not special:
                 return self._encode_plain(texts)
+            plain = [i for i in range(n) if not (pool_from[i] or blocks[i])]
             out = np.zeros((n, self.dim), dtype=np.float32)
             if plain:
                 out[plain] = self._encode_plain([texts[i] for i in plain])
@@ -155,6 +160,22 @@ class LoadedModel:
             else:
                 out[special] = self._encode_from(sub, starts)
             return out
+
+    @cached_property
+    def packable(self) -> bool:
+        """Whether rare.block_attention's packed forward equals the model's own pipeline (a BERT encoder
+        with plain mean pooling; tests/rare/test_block_attention.py). Packed, a batch costs its real
+        tokens; length-sorted bulk encoding (the indexer) gains nothing and stays on the model's own."""
+        from rare.block_attention import BlockAttentionError, bert_of
+
+        try:
+            bert_of(self.st)
+        except BlockAttentionError:
+            return False
+        kinds = [type(m).__name__ for m in self.st]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return False
+        return self.st[1].get_config_dict().get("pooling_mode") == "mean"
 
     def _encode_plain(self, texts: list[str]):
         return self.st.encode(

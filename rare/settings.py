@@ -49,13 +49,6 @@ class Settings(BaseSettings):
         "each example at every layer, ~1 MB an example for all-MiniLM-L6-v2).",
     )
     batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
-    batch_wait_ms: float = Field(
-        0.0,
-        ge=0.0,
-        le=100.0,
-        description="How long an encode batch may wait for searches already in progress to join it "
-        "(a lone request never waits).",
-    )
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")
     max_body_bytes: int = Field(
         4_000_000, ge=1024, description="Largest request body accepted (413 past it)."

@@ -165,9 +165,6 @@ def serve(
         int | None, typer.Option("--example-cache-mb", help=_help("example_cache_mb"))
     ] = None,
     batch_tokens: BatchTokens = None,
-    batch_wait_ms: Annotated[
-        float | None, typer.Option("--batch-wait-ms", help=_help("batch_wait_ms"))
-    ] = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help=_help("max_queue"))] = None,
     max_body_bytes: Annotated[
         int | None, typer.Option("--max-body-bytes", help=_help("max_body_bytes"))
@@ -197,7 +194,6 @@ def serve(
         pooling=pooling,
         example_cache_mb=example_cache_mb,
         batch_tokens=batch_tokens,
-        batch_wait_ms=batch_wait_ms,
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         max_top_k=max_top_k,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +28,6 @@ class MicroBatcher:
     """Runs `process(payloads) -> results` on one worker thread, batching whatever is queued.
 
     `fits(batch, payload)` says whether `payload` may join `batch` (a token budget, a count, ...).
-    With `max_wait_s` > 0 and `expected()` (payloads on their way: requests in progress upstream), a
-    batch smaller than that waits up to `max_wait_s` for them, so that clients released together by the
-    previous batch join one call instead of splitting into two half-size cohorts (a model call has a
-    large fixed cost on CPU). A lone request never waits: nothing else is expected.
     """
 
     def __init__(
@@ -42,16 +37,12 @@ class MicroBatcher:
         fits: Callable[[list[Any], Any], bool],
         max_queue: int,
         on_batch: Callable[[list[Any]], None] | None = None,
-        max_wait_s: float = 0.0,
-        expected: Callable[[], int] | None = None,
     ):
         self.name = name
         self._process = process
         self._fits = fits
         self.max_queue = max_queue
         self._on_batch = on_batch
-        self.max_wait_s = max_wait_s
-        self._expected = expected
         self._queue: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -87,20 +78,12 @@ class MicroBatcher:
         self._wakeup.set()
         return list(await asyncio.gather(*(i.future for i in items)))
 
-    async def _gather(self) -> None:
-        if self.max_wait_s <= 0 or self._expected is None:
-            return
-        deadline = time.monotonic() + self.max_wait_s
-        while len(self._queue) < self._expected() and time.monotonic() < deadline:
-            await asyncio.sleep(0.0005)
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                await self._gather()
                 batch: list[_Item] = []
                 while self._queue and (
                     not batch or self._fits([i.payload for i in batch], self._queue[0].payload)

@@ -54,7 +54,6 @@ class Engine:
         self._create_lock = asyncio.Lock()
         self.encoder: MicroBatcher | None = None
         self.searcher: MicroBatcher | None = None
-        self.queries_in_flight = 0  # searches between arrival and answer (the batcher's `expected`)
 
     # ---------- lifecycle ----------
     def load(self) -> None:
@@ -98,15 +97,7 @@ class Engine:
             m.batch_size.labels("encode").observe(len(batch))
             m.tokens.labels("encoded").inc(sum(x[1] for x in batch))
 
-        self.encoder = MicroBatcher(
-            "encode",
-            self._encode_batch,
-            fits_tokens,
-            s.max_queue,
-            on_encode,
-            max_wait_s=s.batch_wait_ms / 1000,
-            expected=lambda: self.queries_in_flight,
-        )
+        self.encoder = MicroBatcher("encode", self._encode_batch, fits_tokens, s.max_queue, on_encode)
         self.searcher = MicroBatcher(
             "search",
             self._search_batch,
@@ -230,13 +221,9 @@ class Engine:
     ) -> list[QueryResult]:
         if top_k > self.settings.max_top_k:
             raise BadRequestError(f"top_k must be at most {self.settings.max_top_k}")
-        self.queries_in_flight += len(queries)
-        try:
-            aug = await self.augment(queries, col, k, given)
-            vecs = await self.encode_queries(aug)
-            hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
-        finally:
-            self.queries_in_flight -= len(queries)
+        aug = await self.augment(queries, col, k, given)
+        vecs = await self.encode_queries(aug)
+        hits = await self.searcher.submit([(col, v, top_k) for v in vecs])
         return [QueryResult(col, h, a) for h, a in zip(hits, aug, strict=True)]
 
     # ---------- writes ----------

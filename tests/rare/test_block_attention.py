@@ -130,3 +130,21 @@ def test_other_architectures_are_refused_clearly():
     )
     with pytest.raises(BlockAttentionError, match="BERT-architecture"):
         bert_of([types.SimpleNamespace(auto_model=tiny)])
+
+
+def test_packed_serving_batches_equal_the_models_own_pipeline(model):
+    """encode_batch runs a mean-pooling BERT model packed: documents, raw and query-pooled queries in
+    arrival order come out as the sentence-transformers pipeline and the query-pooling path make them."""
+    from rare.encoding import encode_batch, token_lengths
+
+    assert model.packable
+    aug = QueryAugmenter(model, pooling="query")
+    pooled = aug.build("does vitamin d prevent fractures", EXAMPLES[:2], None)
+    texts = ["short", "a much longer document about proteins and cells in mice " * 12, pooled.text, "mid one"]
+    starts = [0, 0, pooled.pool_from, 0]
+    got = encode_batch(model, texts, [int(x) for x in token_lengths(model, texts)], starts, [()] * 4)
+    plain = [0, 1, 3]
+    np.testing.assert_allclose(
+        got[plain], model.st.encode([texts[i] for i in plain], normalize_embeddings=True), atol=1e-5
+    )
+    np.testing.assert_allclose(got[2], model.encode([pooled.text], [pooled.pool_from])[0], atol=1e-5)

@@ -1,4 +1,4 @@
-"""The micro-batcher: one worker thread, token-bounded batches, backpressure, waiting for stragglers."""
+"""The micro-batcher: one worker thread, token-bounded batches, backpressure, refusing past the queue size."""
 
 from __future__ import annotations
 
@@ -49,30 +49,3 @@ def test_a_full_queue_refuses_instead_of_hanging():
         await b.stop()
 
     run(main())
-
-
-def test_a_batch_waits_for_requests_in_progress_but_a_lone_one_does_not():
-    async def main(expected: int, late_after: float | None):
-        batches, process = recorder()
-        b = MicroBatcher(
-            "t", process, lambda batch, _: True, max_queue=100, max_wait_s=0.2, expected=lambda: expected
-        )
-        b.start()
-
-        async def late():
-            await asyncio.sleep(late_after)
-            return await b.submit([2, 3])
-
-        t = time.perf_counter()
-        jobs = [b.submit([1])] + ([late()] if late_after is not None else [])
-        await asyncio.gather(*jobs)
-        took = time.perf_counter() - t
-        await b.stop()
-        return batches, took
-
-    batches, _ = run(main(3, 0.03))  # two more are on their way: one call for all three
-    assert batches == [[1, 2, 3]]
-    batches, took = run(main(1, None))  # nothing else in progress: no wait
-    assert batches == [[1]] and took < 0.15
-    batches, took = run(main(5, None))  # the ones expected never come: at most max_wait
-    assert batches == [[1]] and 0.19 < took < 1.0
