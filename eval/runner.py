@@ -103,6 +103,7 @@ def eval_in_process(
         model, ds, cfg.data_dir / "cache", batch_tokens=cfg.batch_tokens, show_progress=cfg.show_progress
     )
     qrels = ds.split(cfg.split)
+    in_force = QueryAugmenter(model, pooling=cfg.pooling)  # the pooling and attention queries get
     records = []
     for run in tqdm(cfg.runs, desc=f"{ds.name} / {model.name}", disable=not cfg.show_progress):
         k = run_k(model, run, cfg.num_examples)
@@ -131,8 +132,8 @@ def eval_in_process(
                 qrels,
                 results,
                 encode_s,
-                pooling="query" if model.rare.attention == "block" else cfg.pooling or model.rare.pooling,
-                attention=model.rare.attention,
+                pooling=in_force.pooling,
+                attention=in_force.attention,
             )
         )
     return records

@@ -113,8 +113,6 @@ class LoadedModel:
     # own copy of the tokenizer under `count_lock`.
     encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # Bound of the block-attention cache of examples' keys and values (rare.block_attention).
-    example_cache_bytes: int = 1 << 30
 
     @property
     def tokenizer(self):
@@ -190,7 +188,7 @@ class LoadedModel:
     def block_encoder(self):
         from rare.block_attention import BlockEncoder
 
-        return BlockEncoder(self.st, self.example_cache_bytes)
+        return BlockEncoder(self.st)  # its cache bound: RARE_EXAMPLE_CACHE_MB, set by the service
 
     def _encode_from(self, texts: list[str], pool_from: Sequence[int]):
         import torch
