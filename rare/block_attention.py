@@ -230,7 +230,7 @@ class BlockEncoder:
         """(context keys, query ids, query pool mask, context length) of one text."""
         prefix = tuple(ids[seg == PREFIX].tolist())
         keys: list[tuple] = [("p", prefix)] if prefix else []
-        for s in torch_unique_examples(seg):
+        for s in _example_segments(seg):
             keys.append(("e", prefix, tuple(ids[seg == s].tolist())))
         ctx_len = sum(len(k[-1]) for k in keys)
         q = seg == QUERY
@@ -312,7 +312,7 @@ class BlockEncoder:
         return states, qmask[own], own.nonzero()[:, 0]
 
 
-def torch_unique_examples(seg) -> list[int]:
+def _example_segments(seg) -> list[int]:
     """Example segment ids present in one row, in order."""
     ex = seg[(seg != PREFIX) & (seg != QUERY) & (seg != PAD)]
     return sorted(set(ex.tolist()))

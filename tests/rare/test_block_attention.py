@@ -34,10 +34,12 @@ EXAMPLES = [
 
 def augmented(model):
     aug = QueryAugmenter(model, attention="block")
+    trained_like = QueryAugmenter(model, attention="block", always_instruct=True)
     return [
         aug.build("does vitamin d prevent fractures", EXAMPLES[:3], None),
         aug.build("insulin resistance in obese adults", EXAMPLES[1:5], None),  # shares three examples
-        aug.build("a query with its instruction only", [], "Find abstracts"),
+        # A plain query of a block-trained model: its instruction (another prefix) and itself.
+        trained_like.build("a query with its instruction only", [], "Find abstracts"),
     ]
 
 
@@ -74,20 +76,26 @@ def test_cached_serving_equals_the_training_forward(model):
     enc = BlockEncoder(model.st)
     got = enc.encode(texts, pool_from, blocks, model.max_tokens)
     np.testing.assert_allclose(got, whole_string(model, texts, pool_from, blocks), atol=1e-5)
-    assert enc.stats()["misses"] == 1 + 5 and enc.stats()["hits"] == 0  # one prefix, five examples
+    assert len(augs[2].blocks) == 1  # the instruction, then the query
+    assert enc.stats()["misses"] == 2 + 5 and enc.stats()["hits"] == 0  # two prefixes, five examples
     again = enc.encode(texts[::-1], pool_from[::-1], blocks[::-1], model.max_tokens)[::-1]
     np.testing.assert_allclose(again, got, atol=1e-6)
-    assert enc.stats()["hits"] == 6 and enc.stats()["misses"] == 6
+    assert enc.stats()["hits"] == 7 and enc.stats()["misses"] == 7
     # A text without blocks is the model's own embedding (full attention, mean pooling).
     np.testing.assert_allclose(got[-1], model.encode([texts[-1]])[0], atol=1e-5)
 
 
-def test_a_tiny_cache_evicts_and_stays_correct(model):
+def test_a_small_cache_evicts_and_stays_correct(model):
     augs = augmented(model)
     args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs])
-    small = BlockEncoder(model.st, cache_bytes=600_000)  # about one example's keys and values
+    roomy = BlockEncoder(model.st)
+    roomy.encode(*args, model.max_tokens)
+    entry = roomy.stats()["bytes"] / roomy.stats()["entries"]
+    small = BlockEncoder(model.st, cache_bytes=int(2.5 * entry))  # room for about two of seven
     got = small.encode(*args, model.max_tokens)
-    assert small.stats()["bytes"] <= 600_000
+    got = small.encode(*args, model.max_tokens)  # the second time, mostly evicted: computed again
+    assert small.stats()["bytes"] <= 2.5 * entry and 0 < small.stats()["entries"] < 7
+    assert small.stats()["misses"] > 7
     np.testing.assert_allclose(got, whole_string(model, *args), atol=1e-5)
 
 
