@@ -7,10 +7,10 @@ Starts `rare serve` on a free 127.0.0.1 port over a SciFact collection (built un
 sends the test queries at concurrency 1, 8 and 32 as (a) plain searches and (b) searches with k examples,
 the latter once per per-example document budget (a server per budget, RARE_EXAMPLE_DOC_TOKENS), with a
 light keep-alive client (bench.common.RawHttp); then, with the servers gone, encodes the same strings
-in-process (plain and augmented exactly as the server builds them, through the model's own encode
-path: query pooling, block attention with its example cache). Targets: server rps >= 0.9x raw encode
-rate of the same texts; k-example search cost <= 3x plain. With a block-attention model (--model) each
-row also gives the example cache's hit rate during that cell (cells run cold to warm, in order).
+in-process (plain and augmented exactly as the server builds them) to the same embeddings (`_timed`).
+Targets: server rps >= 0.9x raw encode rate of the same texts; k-example search cost <= 3x plain.
+With a block-attention model (--model; its collection under var/bench-data/<model>) one cold pass per
+server fills the example cache before the cells, and each row gives the cache's hit rate.
 Bounded: a fixed number of requests per cell. Results: bench/results/service[-<model>].json and .md.
 """
 
