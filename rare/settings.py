@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         1024,
         ge=0,
         description="Memory for cached example blocks of a block-attention model (keys and values of "
-        "each example at every layer, ~1 MB an example for all-MiniLM-L6-v2).",
+        "each example at every layer: 1.2-1.6 MB an example for all-MiniLM-L6-v2).",
     )
     batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")
