@@ -62,9 +62,8 @@ def augment_queries(
     pool: EvalPool,
     run: str,
     k: int,
-    pooling: Pooling | None = None,
+    aug: QueryAugmenter,
 ) -> list[AugmentedQuery]:
-    aug = QueryAugmenter(model, pooling=pooling)
     instruction = instruction_for(ds.name)
     out: dict[str, AugmentedQuery] = {}
     for members, examples in pool.groups:
@@ -103,11 +102,11 @@ def eval_in_process(
         model, ds, cfg.data_dir / "cache", batch_tokens=cfg.batch_tokens, show_progress=cfg.show_progress
     )
     qrels = ds.split(cfg.split)
-    in_force = QueryAugmenter(model, pooling=cfg.pooling)  # the pooling and attention queries get
+    augmenter = QueryAugmenter(model, pooling=cfg.pooling)
     records = []
     for run in tqdm(cfg.runs, desc=f"{ds.name} / {model.name}", disable=not cfg.show_progress):
         k = run_k(model, run, cfg.num_examples)
-        aug = augment_queries(model, ds, qids, pool, run, k, cfg.pooling)
+        aug = augment_queries(model, ds, qids, pool, run, k, augmenter)
         t = time.perf_counter()
         qemb = encode_texts(
             model,
@@ -132,8 +131,8 @@ def eval_in_process(
                 qrels,
                 results,
                 encode_s,
-                pooling=in_force.pooling,
-                attention=in_force.attention,
+                pooling=augmenter.pooling,
+                attention=augmenter.attention,
             )
         )
     return records
