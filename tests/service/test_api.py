@@ -235,11 +235,10 @@ def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model)
     import shutil
 
     from rare.beir_data import doc_text
-    from rare.block_attention import bert_of, block_forward, segment_ids
     from rare.model import RareConfig
-    from rare.pooling import masked_mean, tokenize_with_query_mask
     from rare.prompt import Example, ScoredExample
     from rare.query import QueryAugmenter
+    from tests.rare.test_block_attention import whole_string
 
     block_dir = tmp_path / "block-model"
     shutil.copytree(model.path, block_dir)
@@ -264,13 +263,7 @@ def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model)
     aug = QueryAugmenter(model, attention="block").build(
         query, exs, info["collections"]["tiny"]["instruction"]
     )
-    enc, pool = tokenize_with_query_mask(model.tokenizer, [aug.text], [aug.pool_from], 256, keep_offsets=True)
-    seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], [aug.blocks])
-    import torch
-
-    with torch.inference_mode():
-        states = block_forward(bert_of(model.st), enc["input_ids"], seg)
-        expected = torch.nn.functional.normalize(masked_mean(states, pool), dim=-1)[0].numpy()
+    expected = whole_string(model, [aug.text], [aug.pool_from], [aug.blocks])[0]
     hits = r.json()["results"]
     docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in hits])
     np.testing.assert_allclose([h["score"] for h in hits], docs @ expected, atol=1e-3)
