@@ -45,8 +45,15 @@ class Settings(BaseSettings):
     example_cache_mb: int = Field(
         1024,
         ge=0,
-        description="Memory for cached example blocks of a block-attention model (keys and values of "
-        "each example at every layer: 1.2-1.6 MB an example for all-MiniLM-L6-v2).",
+        description="Memory for cached example blocks of a block-attention model, per encode worker "
+        "(keys and values of each example at every layer: 1.2-1.6 MB an example for all-MiniLM-L6-v2).",
+    )
+    encode_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Processes that run the server's model, sharing the CPU cores; 1 runs it in the "
+        "server's own process; unset = one per CPU core up to 4 on CPU, 1 on a GPU.",
     )
     batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")

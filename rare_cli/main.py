@@ -164,6 +164,9 @@ def serve(
     example_cache_mb: Annotated[
         int | None, typer.Option("--example-cache-mb", help=_help("example_cache_mb"))
     ] = None,
+    encode_workers: Annotated[
+        int | None, typer.Option("--encode-workers", help=_help("encode_workers"))
+    ] = None,
     batch_tokens: BatchTokens = None,
     max_queue: Annotated[int | None, typer.Option("--max-queue", help=_help("max_queue"))] = None,
     max_body_bytes: Annotated[
@@ -193,6 +196,7 @@ def serve(
         max_query_tokens=max_query_tokens,
         pooling=pooling,
         example_cache_mb=example_cache_mb,
+        encode_workers=encode_workers,
         batch_tokens=batch_tokens,
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,

@@ -26,6 +26,7 @@ from rare.prompt import Example, QueryTooLongError
 from rare.settings import Settings
 from service import schemas as S
 from service.batching import QueueFullError
+from service.encode_pool import EncodeWorkerError
 from service.engine import BadRequestError, Engine, NotFoundError, QueryResult, UnavailableError
 
 log = logging.getLogger("rare.service")
@@ -43,6 +44,7 @@ ERRORS: list[tuple[type[Exception], int]] = [
     (BadRequestError, 422),
     (NotFoundError, 404),
     (UnavailableError, 503),
+    (EncodeWorkerError, 503),
     (CollectionError, 503),
     (QueueFullError, 429),
 ]

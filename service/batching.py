@@ -25,9 +25,10 @@ class _Item:
 
 
 class MicroBatcher:
-    """Runs `process(payloads) -> results` on one worker thread, batching whatever is queued.
+    """Runs `process(payloads) -> results` on `workers` threads, batching whatever is queued.
 
-    `fits(batch, payload)` says whether `payload` may join `batch` (a token budget, a count, ...).
+    `fits(batch, payload)` says whether `payload` may join `batch` (a token budget, a count, ...). A batch
+    is formed only when a worker is free, so what queues meanwhile rides together.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class MicroBatcher:
         fits: Callable[[list[Any], Any], bool],
         max_queue: int,
         on_batch: Callable[[list[Any]], None] | None = None,
+        workers: int = 1,
     ):
         self.name = name
         self._process = process
@@ -46,7 +48,9 @@ class MicroBatcher:
         self._queue: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
+        self.workers = workers
+        self._running: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"batch-{name}")
 
     @property
     def pending(self) -> int:
@@ -57,10 +61,11 @@ class MicroBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("server is shutting down"))
@@ -79,11 +84,12 @@ class MicroBatcher:
         return list(await asyncio.gather(*(i.future for i in items)))
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.workers)
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                await free.acquire()
                 batch: list[_Item] = []
                 while self._queue and (
                     not batch or self._fits([i.payload for i in batch], self._queue[0].payload)
@@ -92,18 +98,34 @@ class MicroBatcher:
                     if not item.future.done():  # skip callers that went away
                         batch.append(item)
                 if not batch:
+                    free.release()
                     continue
-                payloads = [i.payload for i in batch]
-                try:
-                    results = await loop.run_in_executor(self._executor, self._process, payloads)
-                except Exception as exc:  # one bad batch must not kill the worker
-                    log.exception("%s batch of %d failed", self.name, len(batch))
-                    for i in batch:
-                        if not i.future.done():
-                            i.future.set_exception(exc)
-                    continue
-                if self._on_batch:
-                    self._on_batch(payloads)
-                for i, r in zip(batch, results, strict=True):
-                    if not i.future.done():
-                        i.future.set_result(r)
+                task = asyncio.get_running_loop().create_task(self._dispatch(batch, free))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, batch: list[_Item], free: asyncio.Semaphore) -> None:
+        payloads = [i.payload for i in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._process, payloads
+            )
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):  # stop(): the callers must not wait forever
+                error: Exception = RuntimeError("server is shutting down")
+            else:  # one bad batch must not kill the batcher
+                log.exception("%s batch of %d failed", self.name, len(batch))
+                error = exc
+            for i in batch:
+                if not i.future.done():
+                    i.future.set_exception(error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            free.release()
+        if self._on_batch:
+            self._on_batch(payloads)
+        for i, r in zip(batch, results, strict=True):
+            if not i.future.done():
+                i.future.set_result(r)

@@ -11,12 +11,13 @@ import numpy as np
 
 from rare.collection import Collection, CollectionError, list_collections, validate_name
 from rare.encoding import encode_batch, token_lengths
-from rare.model import LoadedModel, load_model
+from rare.model import LoadedModel, load_model, resolve_device, resolve_model_path
 from rare.pool import example_id
 from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExample
 from rare.query import QueryAugmenter, default_k
 from rare.settings import Settings
 from service.batching import MicroBatcher
+from service.encode_pool import EncodePool, WorkerSpec, plan_workers
 from service.metrics import Metrics
 
 log = logging.getLogger("rare.service")
@@ -54,22 +55,41 @@ class Engine:
         self._create_lock = asyncio.Lock()
         self.encoder: MicroBatcher | None = None
         self.searcher: MicroBatcher | None = None
+        self.pool: EncodePool | None = None
 
     # ---------- lifecycle ----------
     def load(self) -> None:
         s = self.settings
-        self.model = load_model(s.model, s.device)
-        self.augmenter = QueryAugmenter(
-            self.model,
-            example_doc_tokens=s.example_doc_tokens,
-            max_query_tokens=s.max_query_tokens,
-            pooling=s.pooling,
-        )
+        workers, threads = plan_workers(resolve_device(s.device), s.encode_workers)
+        if workers > 1:  # started first: they load the model while this process does
+            spec = WorkerSpec(
+                resolve_model_path(s.model), resolve_device(s.device), threads, s.example_cache_mb << 20
+            )
+            self.pool = EncodePool(spec, workers)
+            self.pool.start()
+        try:
+            self.model = load_model(s.model, s.device)
+            self.augmenter = QueryAugmenter(
+                self.model,
+                example_doc_tokens=s.example_doc_tokens,
+                max_query_tokens=s.max_query_tokens,
+                pooling=s.pooling,
+            )
+        except Exception:
+            if self.pool is not None:
+                self.pool.close()
+            raise
         if self.augmenter.attention == "block":
-            self.model.block_encoder.cache_bytes = s.example_cache_mb << 20
-            self.metrics.watch_example_cache(self.model.block_encoder.stats)
+            if self.pool is None:
+                self.model.block_encoder.cache_bytes = s.example_cache_mb << 20
+            self.metrics.watch_example_cache(
+                self.pool.cache_stats if self.pool else self.model.block_encoder.stats
+            )
         for name in list_collections(s.data_dir):
             self._open(name)
+        if self.pool is not None:
+            self.pool.wait_ready()
+            log.info("%d encode workers, %d torch threads each", workers, threads)
 
     def _open(self, name: str) -> None:
         try:
@@ -97,7 +117,14 @@ class Engine:
             m.batch_size.labels("encode").observe(len(batch))
             m.tokens.labels("encoded").inc(sum(x[1] for x in batch))
 
-        self.encoder = MicroBatcher("encode", self._encode_batch, fits_tokens, s.max_queue, on_encode)
+        self.encoder = MicroBatcher(
+            "encode",
+            self._encode_batch,
+            fits_tokens,
+            s.max_queue,
+            on_encode,
+            workers=self.pool.size if self.pool else 1,
+        )
         self.searcher = MicroBatcher(
             "search",
             self._search_batch,
@@ -112,12 +139,16 @@ class Engine:
         for b in (self.encoder, self.searcher):
             if b is not None:
                 await b.stop()
+        if self.pool is not None:
+            self.pool.close()
         for col in self.collections.values():
             col.close()
 
     # ---------- batch workers (run on their own threads) ----------
     def _encode_batch(self, items: list[tuple[str, int, int, tuple[int, ...]]]) -> list[np.ndarray]:
         texts, lengths, pool_from, blocks = zip(*items, strict=True)
+        if self.pool is not None:
+            return list(self.pool.encode(texts, lengths, pool_from, blocks))
         return list(encode_batch(self.model, texts, lengths, pool_from, blocks))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:
@@ -272,6 +303,7 @@ class Engine:
                 "attention": self.augmenter.attention if self.augmenter else None,
                 "format": FORMAT_DESCRIPTION,
             },
+            "encode_workers": self.pool.size if self.pool else 1,
             "collections": {n: c.stats() for n, c in self.collections.items()},
             "unavailable": self.unavailable,
         }

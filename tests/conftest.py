@@ -84,7 +84,14 @@ def start_server(
     wait_ready: bool = True,
 ) -> Server:
     port = free_port()
-    full_env = {**os.environ, "RARE_DATA_DIR": str(data_dir), "RARE_DEVICE": "cpu", **(env or {})}
+    # One in-process encoder unless a test asks for worker processes: each worker costs ~5 s to start.
+    full_env = {
+        **os.environ,
+        "RARE_DATA_DIR": str(data_dir),
+        "RARE_DEVICE": "cpu",
+        "RARE_ENCODE_WORKERS": "1",
+        **(env or {}),
+    }
     fh = open(log, "wb")
     proc = subprocess.Popen(
         [

@@ -26,7 +26,13 @@ def server(tmp_path_factory, tiny_collection_dir):
     srv = start_server(
         data,
         data.parent / "server.log",
-        env={"RARE_API_KEY": KEY, "RARE_MAX_BODY_BYTES": "20000", "RARE_MAX_QUEUE": "64"},
+        # Two encode worker processes: the embedding tests below compare them with in-process encoding.
+        env={
+            "RARE_API_KEY": KEY,
+            "RARE_MAX_BODY_BYTES": "20000",
+            "RARE_MAX_QUEUE": "64",
+            "RARE_ENCODE_WORKERS": "2",
+        },
     )
     yield srv
     stop_server(srv)
@@ -162,7 +168,7 @@ def test_ops_endpoints(http):
     assert http.get("/ready").json() == {"status": "ready"}
     info = http.get("/info").json()
     assert info["model"]["dim"] == 384 and info["collections"]["tiny"]["documents"] >= 16
-    assert info["rare"]["default_num_examples"] == 0
+    assert info["rare"]["default_num_examples"] == 0 and info["encode_workers"] == 2
     metrics = http.get("/metrics").text
     assert 'rare_requests_total{endpoint="/search",method="POST",status="200"}' in metrics
     assert "rare_request_duration_seconds_bucket" in metrics and "rare_batch_size_bucket" in metrics
@@ -248,7 +254,7 @@ def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model)
         {"query": "How do volcanoes erupt", "document": "Magma rises through the crust as lava."},
         {"query": "What is basalt", "document": "Basalt is a rock formed from cooled lava."},
     ]
-    env = {"RARE_MODEL": str(block_dir)}
+    env = {"RARE_MODEL": str(block_dir)}  # one encoder: both searches meet the same cache
     with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
         info = c.get("/info").json()
         body = {"query": query, "collection": "tiny", "top_k": 5, "examples": given}

@@ -49,3 +49,28 @@ def test_a_full_queue_refuses_instead_of_hanging():
         await b.stop()
 
     run(main())
+
+
+def test_workers_run_batches_side_by_side():
+    async def main():
+        running, peak = 0, 0
+
+        def process(items):
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            time.sleep(0.1)
+            running -= 1
+            return items
+
+        b = MicroBatcher("t", process, lambda batch, _: len(batch) < 2, max_queue=100, workers=2)
+        b.start()
+        t = time.perf_counter()
+        out = await asyncio.gather(*(b.submit([i]) for i in range(4)))
+        wall = time.perf_counter() - t
+        await b.stop()
+        return out, peak, wall
+
+    out, peak, wall = run(main())
+    assert out == [[i] for i in range(4)] and peak == 2
+    assert wall < 0.35  # four items in batches of two, two at a time: about 0.2 s, not 0.4

@@ -1,0 +1,101 @@
+"""Encode worker processes: the same embeddings as in-process, summed cache counters, a dead worker
+replaced, a worker that cannot load refused at start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from rare.encoding import encode_batch
+from rare.model import RareConfig
+from rare.query import QueryAugmenter
+from service.encode_pool import EncodePool, EncodeWorkerError, WorkerSpec, plan_workers
+from tests.rare.test_block_attention import augmented, whole_string
+
+TEXTS = ["insulin resistance in mice", "Vitamin D and bone fractures in older adults", "lava"]
+
+
+@pytest.fixture
+def pool_of():
+    pools: list[EncodePool] = []
+
+    def make(model_path: str, size: int = 2) -> EncodePool:
+        pool = EncodePool(WorkerSpec(model_path, "cpu", 1, 64 << 20), size)
+        pools.append(pool)
+        pool.start()
+        pool.wait_ready()
+        return pool
+
+    yield make
+    for p in pools:
+        p.close()
+
+
+def test_workers_encode_what_the_process_encodes(pool_of, model):
+    pool = pool_of(model.path)
+    aug = QueryAugmenter(model, pooling="query").build("insulin resistance", [], "Find abstracts")
+    texts = [*TEXTS, aug.text]
+    lengths = [8, 12, 3, aug.tokens]
+    pool_from, blocks = [0, 0, 0, aug.pool_from], [(), (), (), ()]
+    expected = encode_batch(model, texts, lengths, pool_from, blocks)
+    # Two callers at once, as the server's batcher threads do: each gets its own answer.
+    with ThreadPoolExecutor(2) as ex:
+        outs = list(
+            ex.map(lambda i: pool.encode(texts[i:], lengths[i:], pool_from[i:], blocks[i:]), [0, 1] * 3)
+        )
+    for i, out in zip([0, 1] * 3, outs, strict=True):
+        np.testing.assert_allclose(out, expected[i:], atol=1e-5)
+    assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()
+
+
+def test_block_attention_workers_keep_their_own_caches(pool_of, model, tmp_path):
+    import shutil
+
+    block_dir = tmp_path / "block-model"
+    shutil.copytree(model.path, block_dir)
+    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
+    pool = pool_of(str(block_dir))
+    a = augmented(model)[0]  # an instruction prefix and three examples
+    for _ in range(4):  # sequential calls alternate between the two workers
+        got = pool.encode([a.text], [a.tokens], [a.pool_from], [a.blocks])
+    np.testing.assert_allclose(got, whole_string(model, [a.text], [a.pool_from], [a.blocks]), atol=1e-5)
+    stats = pool.cache_stats()
+    assert stats["misses"] == 2 * 4 and stats["hits"] == 2 * 4 and stats["entries"] == 2 * 4, stats
+
+
+def test_a_dead_worker_fails_its_batch_and_is_replaced(pool_of, model):
+    pool = pool_of(model.path)
+    victim = pool.pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(0.2)
+    outcomes = []
+    for _ in range(4):
+        try:
+            pool.encode(TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()])
+            outcomes.append("ok")
+        except EncodeWorkerError as exc:
+            outcomes.append(str(exc))
+    assert outcomes.count("ok") == 3 and "restarted" in next(o for o in outcomes if o != "ok"), outcomes
+    assert pool.restarts == 1 and victim not in pool.pids() and len(pool.pids()) == 2
+
+
+def test_a_worker_that_cannot_load_refuses_the_start(tmp_path):
+    bad = tmp_path / "no-model"
+    bad.mkdir()
+    pool = EncodePool(WorkerSpec(str(bad), "cpu", 1, 0), 2)
+    pool.start()
+    with pytest.raises(EncodeWorkerError, match="failed to start"):
+        pool.wait_ready()
+    assert pool.pids() == []
+
+
+def test_worker_plan():
+    cpus = len(os.sched_getaffinity(0))
+    assert plan_workers("cuda", None) == (1, cpus)
+    assert plan_workers("cpu", None) == (min(cpus, 4), max(1, cpus // min(cpus, 4)))
+    assert plan_workers("cpu", 3) == (3, max(1, cpus // 3))
