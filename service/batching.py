@@ -53,6 +53,11 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"batch-{name}")
 
     @property
+    def in_flight(self) -> int:
+        """Batches being processed now."""
+        return len(self._running)
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 

@@ -6,6 +6,9 @@ a core from one of the threads, cost a large share of it. Separate single-thread
 batches side by side with no barrier and no shared GIL: on 2 cores, 2 processes x 1 thread encoded
 SciFact queries at 234/s against 186-193/s for 1 process x 2 threads (batches of 16). Threads in one
 process do not get this: the GIL serialises the Python between ops (measured slower through the server).
+A batch that runs alone (low load) takes every core instead (`alone`): a 215-token query at concurrency 1
+then costs what it costs in-process, and under load an idle moment is not wasted (plain search at
+concurrency 32: 207-211 req/s with it, 187-195 without).
 
 Each worker loads the model itself (nothing is shared but the pipe) and keeps its own block-attention
 example cache. A worker that dies is started again; the batch it held fails with `EncodeWorkerError`.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -34,10 +38,23 @@ class EncodeWorkerError(RuntimeError):
     """An encode worker failed to start, or exited while holding a batch."""
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    `--cpus`), which affinity does not show."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def plan_workers(device: str, requested: int | None) -> tuple[int, int]:
     """(encode processes, torch threads each): `requested`, else 1 on a GPU (in-process) and one per
     CPU core up to 4 on CPU; the cores are shared out among them."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     workers = requested or (min(cpus, 4) if device.startswith("cpu") else 1)
     return workers, max(1, cpus // workers)
 
@@ -46,7 +63,8 @@ def plan_workers(device: str, requested: int | None) -> tuple[int, int]:
 class WorkerSpec:
     model: str  # a resolved path: workers never search for a model
     device: str
-    threads: int
+    threads: int  # torch threads while other workers are busy too: the cores shared out
+    all_threads: int  # torch threads for a batch running alone: every core
     example_cache_bytes: int  # for a block-attention model's example cache
 
 
@@ -73,14 +91,20 @@ def _serve(conn, spec: WorkerSpec) -> None:
     def stats() -> dict | None:
         return model.block_encoder.stats() if block else None
 
+    threads = spec.threads
     while True:
         try:
-            batch = conn.recv()
+            msg = conn.recv()
         except EOFError:  # the parent is gone
             batch = None
-        if batch is None:
+        if msg is None:
             # Nothing to flush or save here; skipping interpreter teardown saves ~2 s per stop.
             os._exit(0)
+        alone, batch = msg
+        want = spec.all_threads if alone else spec.threads
+        if want != threads:
+            torch.set_num_threads(want)
+            threads = want
         try:
             conn.send(("ok", encode_batch(model, *batch), stats()))
         except Exception as exc:
@@ -105,6 +129,7 @@ class EncodePool:
         self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
+        self._closed = False
         self.restarts = 0
 
     def start(self) -> None:
@@ -143,12 +168,18 @@ class EncodePool:
         lengths: Sequence[int],
         pool_from: Sequence[int],
         blocks: Sequence[Sequence[int]],
+        alone: bool = False,
     ) -> np.ndarray:
+        """`alone`: no other batch is running, so this one may use every core."""
+        if self._closed:
+            raise EncodeWorkerError("the encode workers are shut down")
         w = self._free.get()
         try:
-            w.conn.send((list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks]))
+            w.conn.send((alone, (list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks])))
             status, value, stats = w.conn.recv()
         except (EOFError, OSError) as exc:
+            if self._closed:
+                raise EncodeWorkerError("the encode workers are shut down") from exc
             w.process.join(5)
             code = w.process.exitcode
             log.error("encode worker %s exited (code %s); starting another", w.process.pid, code)
@@ -180,6 +211,7 @@ class EncodePool:
         return {k: sum(w.stats.get(k, 0) for w in self._workers) for k in CACHE_STATS}
 
     def close(self) -> None:
+        self._closed = True
         for w in self._workers:
             with contextlib.suppress(OSError):
                 w.conn.send(None)

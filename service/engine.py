@@ -17,7 +17,7 @@ from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExamp
 from rare.query import QueryAugmenter, default_k
 from rare.settings import Settings
 from service.batching import MicroBatcher
-from service.encode_pool import EncodePool, WorkerSpec, plan_workers
+from service.encode_pool import EncodePool, WorkerSpec, plan_workers, usable_cpus
 from service.metrics import Metrics
 
 log = logging.getLogger("rare.service")
@@ -63,7 +63,11 @@ class Engine:
         workers, threads = plan_workers(resolve_device(s.device), s.encode_workers)
         if workers > 1:  # started first: they load the model while this process does
             spec = WorkerSpec(
-                resolve_model_path(s.model), resolve_device(s.device), threads, s.example_cache_mb << 20
+                resolve_model_path(s.model),
+                resolve_device(s.device),
+                threads,
+                usable_cpus(),
+                s.example_cache_mb << 20,
             )
             self.pool = EncodePool(spec, workers)
             self.pool.start()
@@ -148,7 +152,9 @@ class Engine:
     def _encode_batch(self, items: list[tuple[str, int, int, tuple[int, ...]]]) -> list[np.ndarray]:
         texts, lengths, pool_from, blocks = zip(*items, strict=True)
         if self.pool is not None:
-            return list(self.pool.encode(texts, lengths, pool_from, blocks))
+            # A batch alone (low load) runs on every core; under load each worker keeps its share.
+            alone = self.encoder.in_flight <= 1
+            return list(self.pool.encode(texts, lengths, pool_from, blocks, alone))
         return list(encode_batch(self.model, texts, lengths, pool_from, blocks))
 
     def _search_batch(self, items: list[tuple[Collection, np.ndarray, int]]) -> list[list[tuple[str, float]]]:

@@ -14,7 +14,7 @@ import pytest
 from rare.encoding import encode_batch
 from rare.model import RareConfig
 from rare.query import QueryAugmenter
-from service.encode_pool import EncodePool, EncodeWorkerError, WorkerSpec, plan_workers
+from service.encode_pool import EncodePool, EncodeWorkerError, WorkerSpec, plan_workers, usable_cpus
 from tests.rare.test_block_attention import augmented, whole_string
 
 TEXTS = ["insulin resistance in mice", "Vitamin D and bone fractures in older adults", "lava"]
@@ -25,7 +25,7 @@ def pool_of():
     pools: list[EncodePool] = []
 
     def make(model_path: str, size: int = 2) -> EncodePool:
-        pool = EncodePool(WorkerSpec(model_path, "cpu", 1, 64 << 20), size)
+        pool = EncodePool(WorkerSpec(model_path, "cpu", 1, 2, 64 << 20), size)
         pools.append(pool)
         pool.start()
         pool.wait_ready()
@@ -46,7 +46,7 @@ def test_workers_encode_what_the_process_encodes(pool_of, model):
     # Two callers at once, as the server's batcher threads do: each gets its own answer.
     with ThreadPoolExecutor(2) as ex:
         outs = list(
-            ex.map(lambda i: pool.encode(texts[i:], lengths[i:], pool_from[i:], blocks[i:]), [0, 1] * 3)
+            ex.map(lambda i: pool.encode(texts[i:], lengths[i:], pool_from[i:], blocks[i:], i == 0), [0, 1] * 3)
         )
     for i, out in zip([0, 1] * 3, outs, strict=True):
         np.testing.assert_allclose(out, expected[i:], atol=1e-5)
@@ -87,7 +87,7 @@ def test_a_dead_worker_fails_its_batch_and_is_replaced(pool_of, model):
 def test_a_worker_that_cannot_load_refuses_the_start(tmp_path):
     bad = tmp_path / "no-model"
     bad.mkdir()
-    pool = EncodePool(WorkerSpec(str(bad), "cpu", 1, 0), 2)
+    pool = EncodePool(WorkerSpec(str(bad), "cpu", 1, 2, 0), 2)
     pool.start()
     with pytest.raises(EncodeWorkerError, match="failed to start"):
         pool.wait_ready()
@@ -95,7 +95,8 @@ def test_a_worker_that_cannot_load_refuses_the_start(tmp_path):
 
 
 def test_worker_plan():
-    cpus = len(os.sched_getaffinity(0))
+    cpus = usable_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
     assert plan_workers("cuda", None) == (1, cpus)
     assert plan_workers("cpu", None) == (min(cpus, 4), max(1, cpus // min(cpus, 4)))
     assert plan_workers("cpu", 3) == (3, max(1, cpus // 3))
