@@ -20,6 +20,10 @@ from tests.rare.test_block_attention import augmented, whole_string
 TEXTS = ["insulin resistance in mice", "Vitamin D and bone fractures in older adults", "lava"]
 
 
+def expected_texts(model):
+    return encode_batch(model, TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()])
+
+
 @pytest.fixture
 def pool_of():
     pools: list[EncodePool] = []
@@ -46,14 +50,16 @@ def test_workers_encode_what_the_process_encodes(pool_of, model):
     # Two callers at once, as the server's batcher threads do: each gets its own answer.
     with ThreadPoolExecutor(2) as ex:
         outs = list(
-            ex.map(lambda i: pool.encode(texts[i:], lengths[i:], pool_from[i:], blocks[i:], i == 0), [0, 1] * 3)
+            ex.map(
+                lambda i: pool.encode(texts[i:], lengths[i:], pool_from[i:], blocks[i:], i == 0), [0, 1] * 3
+            )
         )
     for i, out in zip([0, 1] * 3, outs, strict=True):
         np.testing.assert_allclose(out, expected[i:], atol=1e-5)
     assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()
 
 
-def test_block_attention_workers_keep_their_own_caches(pool_of, model, tmp_path):
+def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, tmp_path):
     import shutil
 
     block_dir = tmp_path / "block-model"
@@ -61,27 +67,42 @@ def test_block_attention_workers_keep_their_own_caches(pool_of, model, tmp_path)
     RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
     pool = pool_of(str(block_dir))
     a = augmented(model)[0]  # an instruction prefix and three examples
-    for _ in range(4):  # sequential calls alternate between the two workers
+    for _ in range(4):  # one call at a time: the last worker used (warm) takes each
         got = pool.encode([a.text], [a.tokens], [a.pool_from], [a.blocks])
     np.testing.assert_allclose(got, whole_string(model, [a.text], [a.pool_from], [a.blocks]), atol=1e-5)
-    stats = pool.cache_stats()
-    assert stats["misses"] == 2 * 4 and stats["hits"] == 2 * 4 and stats["entries"] == 2 * 4, stats
+    stats = pool.cache_stats()  # summed over both workers; the idle one holds nothing
+    assert stats["misses"] == 4 and stats["hits"] == 3 * 4 and stats["entries"] == 4, stats
 
 
-def test_a_dead_worker_fails_its_batch_and_is_replaced(pool_of, model):
+def test_a_worker_dead_while_idle_is_replaced_before_its_turn(pool_of, model):
     pool = pool_of(model.path)
-    victim = pool.pids()[0]
-    os.kill(victim, signal.SIGKILL)
+    victims = pool.pids()
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
-    outcomes = []
-    for _ in range(4):
-        try:
-            pool.encode(TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()])
-            outcomes.append("ok")
-        except EncodeWorkerError as exc:
-            outcomes.append(str(exc))
-    assert outcomes.count("ok") == 3 and "restarted" in next(o for o in outcomes if o != "ok"), outcomes
-    assert pool.restarts == 1 and victim not in pool.pids() and len(pool.pids()) == 2
+    for _ in range(3):
+        np.testing.assert_allclose(
+            pool.encode(TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()]), expected_texts(model), atol=1e-5
+        )
+    assert pool.restarts == 1 and len(set(pool.pids()) - set(victims)) == 1  # the other waits its turn
+
+
+def test_a_worker_dying_mid_batch_fails_that_batch_only(pool_of, model):
+    pool = pool_of(model.path)
+    victims = pool.pids()
+    long = ["insulin resistance and glucose uptake in skeletal muscle " * 20] * 256
+    with ThreadPoolExecutor(1) as ex:
+        busy = ex.submit(pool.encode, long, [256] * 256, [0] * 256, [()] * 256)
+        time.sleep(1.0)  # the batch takes several seconds on one thread
+        assert not busy.done()
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EncodeWorkerError, match="during this batch and was restarted"):
+            busy.result(timeout=120)
+    np.testing.assert_allclose(
+        pool.encode(TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()]), expected_texts(model), atol=1e-5
+    )
+    assert pool.restarts >= 1
 
 
 def test_a_worker_that_cannot_load_refuses_the_start(tmp_path):
