@@ -99,7 +99,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
         try:
             msg = conn.recv()
         except EOFError:  # the parent is gone
-            batch = None
+            msg = None
         if msg is None:
             # Nothing to flush or save here; skipping interpreter teardown saves ~2 s per stop.
             os._exit(0)
