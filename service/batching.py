@@ -71,9 +71,7 @@ class MicroBatcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("server is shutting down"))
+        _fail(self._queue, RuntimeError("server is shutting down"))
         self._queue.clear()
         self._executor.shutdown(wait=True)
 
@@ -115,17 +113,12 @@ class MicroBatcher:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._process, payloads
             )
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError):  # stop(): the callers must not wait forever
-                error: Exception = RuntimeError("server is shutting down")
-            else:  # one bad batch must not kill the batcher
-                log.exception("%s batch of %d failed", self.name, len(batch))
-                error = exc
-            for i in batch:
-                if not i.future.done():
-                    i.future.set_exception(error)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except asyncio.CancelledError:  # stop(): the callers must not wait forever
+            _fail(batch, RuntimeError("server is shutting down"))
+            raise
+        except Exception as exc:  # one bad batch must not kill the batcher
+            log.exception("%s batch of %d failed", self.name, len(batch))
+            _fail(batch, exc)
             return
         finally:
             free.release()
@@ -134,3 +127,9 @@ class MicroBatcher:
         for i, r in zip(batch, results, strict=True):
             if not i.future.done():
                 i.future.set_result(r)
+
+
+def _fail(items, error: Exception) -> None:
+    for i in items:
+        if not i.future.done():
+            i.future.set_exception(error)

@@ -60,11 +60,12 @@ class Engine:
     # ---------- lifecycle ----------
     def load(self) -> None:
         s = self.settings
-        workers, threads = plan_workers(resolve_device(s.device), s.encode_workers)
+        device = resolve_device(s.device)
+        workers, threads = plan_workers(device, s.encode_workers)
         if workers > 1:  # started first: they load the model while this process does
             spec = WorkerSpec(
                 resolve_model_path(s.model),
-                resolve_device(s.device),
+                device,
                 threads,
                 usable_cpus(),
                 s.example_cache_mb << 20,
