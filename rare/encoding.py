@@ -14,10 +14,7 @@ def token_lengths(model: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     """Tokens per text as the model sees it (capped at its max length)."""
     if not texts:
         return np.zeros(0, dtype=np.int64)
-    with model.count_lock:
-        enc = model.count_tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-    ids = enc["input_ids"]
-    return np.minimum(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), model.max_tokens)
+    return np.minimum(np.asarray(model.token_counter.counts(texts), dtype=np.int64), model.max_tokens)
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ from pydantic import BaseModel, Field  # noqa: E402
 from rare.block_attention import Attention  # noqa: E402
 from rare.pooling import Pooling, masked_mean, tokenize_with_query_mask  # noqa: E402
 from rare.prompt import FORMAT_VERSION  # noqa: E402
+from rare.tokens import TokenCounter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +109,17 @@ class LoadedModel:
     device: str
     rare: RareConfig
     # Fast tokenizers keep padding/truncation state on a shared backend, so concurrent calls with other
-    # settings corrupt each other's batches: model calls take `encode_lock`, and token counting uses its
-    # own copy of the tokenizer under `count_lock`.
+    # settings corrupt each other's batches: model calls take `encode_lock`, and token counting has its
+    # own copy of the tokenizer (`token_counter`).
     encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def tokenizer(self):
         return self.st.tokenizer
 
     @cached_property
-    def count_tokenizer(self):
-        return copy.deepcopy(self.st.tokenizer)
+    def token_counter(self) -> TokenCounter:
+        return TokenCounter(self.st.tokenizer)
 
     def encode(
         self,

@@ -12,11 +12,11 @@ from the least similar. The instruction and the target query are never cut: if t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+from rare.tokens import TokenCounter
 
 FORMAT_VERSION = 1
 FORMAT_DESCRIPTION = r"Instruct: {task}\n + (Query: {q_i}\nPositive Document: {d_i}\n\n)* + Query: {q}"
@@ -88,13 +88,11 @@ class AugmentedQuery:
 
 
 class PromptBuilder:
-    """Builds augmented queries within a token budget, using the model's own tokenizer."""
+    """Builds augmented queries within a token budget, using the model's own tokenizer (or a
+    `TokenCounter` over it, to share one)."""
 
-    def __init__(
-        self, tokenizer, max_tokens: int, example_doc_tokens: int, lock: threading.Lock | None = None
-    ):
-        self.tokenizer = tokenizer
-        self._lock = lock or nullcontext()  # a tokenizer shared across threads needs one
+    def __init__(self, tokenizer, max_tokens: int, example_doc_tokens: int):
+        self.counter = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer)
         self.max_tokens = max_tokens
         self.example_doc_tokens = example_doc_tokens
         # Caches: pool documents and example blocks recur across queries.
@@ -103,27 +101,14 @@ class PromptBuilder:
 
     def count(self, text: str) -> int:
         """Tokens of `text` as the model will see it, special tokens included, without truncation."""
-        return self._tokens(text, add_special_tokens=True)
+        return self.counter.count(text)
 
     def _count_plain(self, text: str) -> int:
-        return self._tokens(text, add_special_tokens=False)
-
-    def _tokens(self, text: str, add_special_tokens: bool) -> int:
-        with self._lock:
-            enc = self.tokenizer(text, add_special_tokens=add_special_tokens, truncation=False, verbose=False)
-        return len(enc["input_ids"])
+        return self.counter.count(text, special=False)
 
     def _cap_document(self, document: str) -> str:
         """Cut at a token boundary, in the original characters (no decode round trip)."""
-        with self._lock:
-            enc = self.tokenizer(
-                document,
-                add_special_tokens=False,
-                truncation=False,
-                return_offsets_mapping=True,
-                verbose=False,
-            )
-        offsets = enc["offset_mapping"]
+        offsets = self.counter.offsets(document)
         n = self.example_doc_tokens
         if len(offsets) <= n:
             return document

@@ -31,10 +31,7 @@ class QueryAugmenter:
         self.model = model
         limit = min(max_query_tokens or model.rare.max_query_tokens or model.max_tokens, model.max_tokens)
         self.builder = PromptBuilder(
-            model.count_tokenizer,
-            limit,
-            example_doc_tokens or model.rare.example_doc_tokens,
-            model.count_lock,
+            model.token_counter, limit, example_doc_tokens or model.rare.example_doc_tokens
         )
         self.always_instruct = model.rare.trained if always_instruct is None else always_instruct
         self.attention: Attention = attention or model.rare.attention

@@ -6,9 +6,11 @@ a core from one of the threads, cost a large share of it. Separate single-thread
 batches side by side with no barrier and no shared GIL: on 2 cores, 2 processes x 1 thread encoded
 SciFact queries at 234/s against 186-193/s for 1 process x 2 threads (batches of 16). Threads in one
 process do not get this: the GIL serialises the Python between ops (measured slower through the server).
-A batch that runs alone (low load) takes every core instead (`alone`): a 215-token query at concurrency 1
-then costs what it costs in-process, and under load an idle moment is not wasted (plain search at
-concurrency 32: 207-211 req/s with it, 187-195 without).
+A lone request at low load takes every core instead (`alone`; the engine decides): a 215-token query
+at concurrency 1 then costs what it costs in-process. Under load it would oversubscribe the cores (a
+batch on both cores while the other worker starts one): block-model plain search, interleaved runs,
+req/s at concurrency 1 / 8 / 32: 76 / 164 / 208 with lone requests on every core, 74 / 156 / 205 with
+every batch with no other running on every core, 59 / 165 / 212 with none.
 
 Each worker loads the model itself (nothing is shared but the pipe) and keeps its own block-attention
 example cache. Free workers are taken last-in first-out: at low load one worker, its threads and caches

@@ -153,8 +153,10 @@ class Engine:
     def _encode_batch(self, items: list[tuple[str, int, int, tuple[int, ...]]]) -> list[np.ndarray]:
         texts, lengths, pool_from, blocks = zip(*items, strict=True)
         if self.pool is not None:
-            # A batch alone (low load) runs on every core; under load each worker keeps its share.
-            alone = self.encoder.in_flight <= 1
+            # A lone request at low load runs on every core; any sign of load (a batch of several, a
+            # queue, another batch running) keeps each worker to its share, since a batch on every
+            # core while another starts beside it oversubscribes the cores.
+            alone = len(items) == 1 and self.encoder.in_flight <= 1 and not self.encoder.pending
             return list(self.pool.encode(texts, lengths, pool_from, blocks, alone))
         return list(encode_batch(self.model, texts, lengths, pool_from, blocks))
 
