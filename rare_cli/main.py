@@ -1,4 +1,5 @@
-"""The `rare` console script: index, serve, train, eval. Flags mirror Settings fields (RARE_* env vars)."""
+"""The `rare` console script: index, serve, train, merge, eval. Flags mirror Settings fields (RARE_* env
+vars)."""
 
 from __future__ import annotations
 
@@ -334,6 +335,34 @@ def train(
         )
         result = run_training(cfg)
     except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def merge(
+    first: Annotated[
+        str, typer.Argument(help="The RARe model; the merge keeps its settings (k, pooling, ...).")
+    ],
+    second: Annotated[
+        str, typer.Argument(help="A fine-tune of the same base to average with (e.g. the k=0 model).")
+    ],
+    weight: Annotated[
+        float, typer.Option("--weight", help="Share of FIRST's weights; SECOND gets the rest.")
+    ] = 0.5,
+    output: Annotated[Path, typer.Option("--output", help="Where the merged model directory goes.")] = Path(
+        "var/models/merged"
+    ),
+    device: Device = None,
+) -> None:
+    """Average two fine-tunes of one base model, weight by weight (a model soup)."""
+    from rare.model import ModelNotFoundError
+    from trainer.merge import MergeError, merge_models
+
+    s = _settings(device=device)
+    try:
+        result = merge_models(first, second, weight, output, s.device)
+    except (ModelNotFoundError, MergeError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result))
 

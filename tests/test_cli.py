@@ -26,9 +26,9 @@ def rare(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_lists_the_four_subcommands():
+def test_help_lists_the_subcommands():
     out = runner.invoke(app, ["--help"]).output
-    for cmd in ("index", "serve", "train", "eval"):
+    for cmd in ("index", "serve", "train", "merge", "eval"):
         assert f" {cmd} " in out
 
 

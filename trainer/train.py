@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from trainer.collator import QueryPoolingCollator
 from trainer.config import TrainConfig
 from trainer.data import build_samples, load_sources, to_dataset
 from trainer.loss import WeightedInfoNCE
+from trainer.output import write_model_dir
 from trainer.weighting import easy_sample_weights, pretrained_losses
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,8 @@ def run_training(cfg: TrainConfig) -> dict:
     resume_from = last_checkpoint(ckpt) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume_from)
 
-    # Write the final model next to its destination, then swap it in.
-    tmp = cfg.output.with_name(f".{cfg.output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.st.save(str(tmp))
     first = sources[0]
-    RareConfig(
+    rare = RareConfig(
         format_version=FORMAT_VERSION,
         k=cfg.k,
         selector=cfg.selector,
@@ -127,10 +123,8 @@ def run_training(cfg: TrainConfig) -> dict:
             "doc_tokens": cfg.doc_tokens,
             "seed": cfg.seed,
         },
-    ).save(tmp)
-    if cfg.output.exists():
-        shutil.rmtree(cfg.output)
-    os.replace(tmp, cfg.output)
+    )
+    write_model_dir(model.st, rare, cfg.output)
     summary = {
         "output": str(cfg.output),
         "samples": len(samples),
