@@ -40,7 +40,7 @@ def merge_models(first: str, second: str, weight: float, output: Path, device: s
     if not 0.0 < weight <= 1.0:
         raise MergeError(f"weight must be in (0, 1], got {weight}")
     a = load_model(first, device, cache=False)
-    b = load_model(second, device, cache=True)
+    b = load_model(second, device, cache=False)
     a.st.load_state_dict(interpolate(a.st.state_dict(), b.st.state_dict(), weight))
     rare = a.rare.model_copy(deep=True)
     rare.training = {
