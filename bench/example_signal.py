@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import OUT, ROOT  # noqa: E402
 from eval.metrics import evaluate  # noqa: E402
 from rare.beir_data import load_beir  # noqa: E402
 from rare.cache import corpus_embeddings  # noqa: E402
@@ -28,9 +29,6 @@ from rare.encoding import encode_texts  # noqa: E402
 from rare.model import load_model  # noqa: E402
 from rare.pool import pool_from_beir  # noqa: E402
 from rare.selection import make_selector  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -112,7 +112,7 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
         pooling=cfg.pooling,
         attention=cfg.attention,
     )
-    doc_cap = PromptBuilder(base.tokenizer, cfg.max_seq_length, cfg.doc_tokens).cap_document
+    doc_cap = PromptBuilder(base.token_counter, cfg.max_seq_length, cfg.doc_tokens).cap_document
     samples = []
     for src in sources:
         selector = (
