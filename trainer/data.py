@@ -31,20 +31,36 @@ class Sample:
     negatives: list[str] = field(default_factory=list)
     example_ids: list[str] = field(default_factory=list)
     weight: float = 1.0
+    # Keys of the positive and each negative, and of every document judged relevant to the query: an
+    # in-batch candidate relevant to an anchor is not a negative for it (trainer.negatives).
+    doc_keys: list[str] = field(default_factory=list)
+    relevant: frozenset[str] = frozenset()
+
+
+@dataclass
+class Pair:
+    query_id: str
+    query: str
+    positive: str
+    negatives: list[str]
+    positive_key: str
+    negative_keys: list[str]
 
 
 @dataclass
 class Source:
-    """One training set: its pairs, its example pool and its task instruction."""
+    """One training set: its pairs, its example pool, its task instruction and, per query id, the keys
+    of the documents judged relevant to it."""
 
     name: str
     instruction: str
-    pairs: list[tuple[str, str, str, list[str]]]  # (query id, query, positive text, negatives)
+    pairs: list[Pair]
     pool: list[Example]
+    relevant: dict[str, frozenset[str]]
 
 
 def _mine(model: LoadedModel, ds, qrels: dict, cfg: TrainConfig) -> dict[str, list[str]]:
-    """Hard negatives from the base model: skip the top ranks (likely unjudged positives) and every
+    """Hard negative ids from the base model: skip the top ranks (likely unjudged positives) and every
     judged document of the query, in any split."""
     if cfg.hard_negatives == 0:
         return {}
@@ -61,7 +77,7 @@ def _mine(model: LoadedModel, ds, qrels: dict, cfg: TrainConfig) -> dict[str, li
     out = {}
     for qid, row in zip(qids, top, strict=True):
         cands = [ids[i] for i in row[cfg.skip_top :] if ids[i] not in judged.get(qid, ())]
-        out[qid] = [ds.doc_text(d) for d in cands[: cfg.hard_negatives]]
+        out[qid] = cands[: cfg.hard_negatives]
     return out
 
 
@@ -76,26 +92,45 @@ def load_sources(cfg: TrainConfig, base: LoadedModel) -> list[Source]:
         pairs = []
         rng = random.Random(cfg.seed)
         for qid in sorted(qrels):
-            judged = [(did, score) for did, score in sorted(qrels[qid].items()) if score > 0]
+            graded = [(did, score) for did, score in sorted(qrels[qid].items()) if score > 0]
             if cfg.max_pairs_per_query is not None:
                 # Highest grade first, ties in seeded random order: a query with dozens of judged
                 # documents (NFCorpus) should not fill batches with itself.
-                rng.shuffle(judged)
-                judged = sorted(judged, key=lambda x: -x[1])[: cfg.max_pairs_per_query]
-            for did, _ in judged:
-                pairs.append((qid, ds.queries[qid], ds.doc_text(did), negs.get(qid, [])))
-        sources.append(Source(ds.name, instruction_for(ds.name), pairs, pool_from_beir(ds, "train")))
+                rng.shuffle(graded)
+                graded = sorted(graded, key=lambda x: -x[1])[: cfg.max_pairs_per_query]
+            neg_ids = negs.get(qid, [])
+            for did, _ in graded:
+                pairs.append(
+                    Pair(
+                        qid,
+                        ds.queries[qid],
+                        ds.doc_text(did),
+                        [ds.doc_text(n) for n in neg_ids],
+                        f"{ds.name}/{did}",
+                        [f"{ds.name}/{n}" for n in neg_ids],
+                    )
+                )
+        relevant = {
+            q: frozenset(f"{ds.name}/{d}" for d, score in docs.items() if score > 0)
+            for q, docs in qrels.items()
+        }
+        sources.append(
+            Source(ds.name, instruction_for(ds.name), pairs, pool_from_beir(ds, "train"), relevant)
+        )
     for path in cfg.jsonl:
         pairs, pool = [], []
+        positives: dict[str, set[str]] = {}  # query text -> its positives' keys (texts are the keys)
         for i, obj in enumerate(iter_jsonl(Path(path)), 1):
             q, p = obj.get("query"), obj.get("positive")
             if not isinstance(q, str) or not isinstance(p, str):
                 raise DataError(f"{path}: record {i} needs string fields 'query' and 'positive'")
             qid = example_id(q, p)
             negatives = [str(n) for n in obj.get("negatives") or []][: max(cfg.hard_negatives, 0)]
-            pairs.append((qid, q, p, negatives))
+            pairs.append(Pair(qid, q, p, negatives, p, negatives))
             pool.append(Example(qid, q, p))
-        sources.append(Source(Path(path).stem, DEFAULT_INSTRUCTION, pairs, pool))
+            positives.setdefault(q, set()).add(p)
+        relevant = {pair.query_id: frozenset(positives[pair.query]) for pair in pairs}
+        sources.append(Source(Path(path).stem, DEFAULT_INSTRUCTION, pairs, pool, relevant))
     if not any(s.pairs for s in sources):
         raise DataError("no training pairs found")
     return sources
@@ -120,43 +155,44 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
             if cfg.k > 0
             else None
         )
-        queries = [q for _, q, _, _ in src.pairs]
+        queries = [p.query for p in src.pairs]
         ks = [
             0 if rng.random() < cfg.plain_fraction else (rng.randint(1, cfg.k) if cfg.vary_k else cfg.k)
             for _ in src.pairs
         ]
         chosen = (
-            selector.select(
-                queries, cfg.k, exclude=[{qid} for qid, _, _, _ in src.pairs], exclude_identical=True
-            )
+            selector.select(queries, cfg.k, exclude=[{p.query_id} for p in src.pairs], exclude_identical=True)
             if selector
             else [[] for _ in queries]
         )
-        for (qid, q, pos, negs), k, exs in zip(src.pairs, ks, chosen, strict=True):
-            a = aug.build(q, exs[:k], src.instruction)
+        for p, k, exs in zip(src.pairs, ks, chosen, strict=True):
+            a = aug.build(p.query, exs[:k], src.instruction)
             samples.append(
                 Sample(
-                    query_id=qid,
-                    query=q,
+                    query_id=p.query_id,
+                    query=p.query,
                     anchor=a.text,
                     pool_from=a.pool_from,
                     blocks=a.blocks,
-                    positive=doc_cap(pos),
-                    negatives=[doc_cap(n) for n in negs],
+                    positive=doc_cap(p.positive),
+                    negatives=[doc_cap(n) for n in p.negatives],
                     example_ids=[s.example.id for s in a.examples],
+                    doc_keys=[p.positive_key, *p.negative_keys],
+                    relevant=src.relevant[p.query_id],
                 )
             )
     # Every sample needs the same number of negative columns.
     n_neg = min((len(s.negatives) for s in samples), default=0)
     for s in samples:
         s.negatives = s.negatives[:n_neg]
+        s.doc_keys = s.doc_keys[: n_neg + 1]
     return samples
 
 
 def to_dataset(samples: list[Sample], pooling: str, attention: str = "full"):
     from datasets import Dataset
 
-    from trainer.collator import BLOCKS_COLUMN, POOL_FROM_COLUMN
+    from trainer.collator import BLOCKS_COLUMN, DOC_KEYS_COLUMN, POOL_FROM_COLUMN, RELEVANT_COLUMN
 
     cols: dict[str, list] = {"anchor": [s.anchor for s in samples], "positive": [s.positive for s in samples]}
     for j in range(len(samples[0].negatives) if samples else 0):
@@ -166,4 +202,17 @@ def to_dataset(samples: list[Sample], pooling: str, attention: str = "full"):
         cols[POOL_FROM_COLUMN] = [s.pool_from for s in samples]
     if attention == "block":
         cols[BLOCKS_COLUMN] = [list(s.blocks) for s in samples]
+    keys = key_ids(samples)
+    cols[DOC_KEYS_COLUMN] = [[keys[k] for k in s.doc_keys] for s in samples]
+    cols[RELEVANT_COLUMN] = [sorted(keys[k] for k in s.relevant if k in keys) for s in samples]
     return Dataset.from_dict(cols)
+
+
+def key_ids(samples: list[Sample]) -> dict[str, int]:
+    """A small integer per document key that can appear in a batch (relevant documents that are never a
+    positive or a negative cannot collide with a candidate, so they need none)."""
+    keys: dict[str, int] = {}
+    for s in samples:
+        for k in s.doc_keys:
+            keys.setdefault(k, len(keys))
+    return keys

@@ -11,8 +11,9 @@ from rare.pooling import masked_mean
 
 
 class WeightedInfoNCE(nn.Module):
-    """InfoNCE over [all positives; all hard negatives] of the batch (MultipleNegativesRankingLoss),
-    each sample's term weighted by its `label` (1.0 = plain MNRL; forgetting-aware weights otherwise).
+    """InfoNCE over [all positives; all hard negatives] of the batch (MultipleNegativesRankingLoss)
+    less each anchor's judged-relevant candidates (`fn_mask`), each sample's term weighted by its
+    `label` (1.0 = plain MNRL; forgetting-aware weights otherwise).
     Anchors that come with a `pool_mask` (query pooling) are pooled over those tokens only; with
     `segments` too they are encoded under block attention (rare.block_attention)."""
 
@@ -24,6 +25,7 @@ class WeightedInfoNCE(nn.Module):
     def forward(self, sentence_features, labels: Tensor | None) -> Tensor:
         pool_mask = sentence_features[0].pop("pool_mask", None)
         segments = sentence_features[0].pop("segments", None)
+        fn_mask = sentence_features[0].pop("fn_mask", None)
         if pool_mask is None:
             emb = embed_columns(self.model, sentence_features)
         else:
@@ -39,6 +41,8 @@ class WeightedInfoNCE(nn.Module):
         anchors = nn.functional.normalize(emb[0], dim=-1)
         cands = nn.functional.normalize(torch.cat(emb[1:], dim=0), dim=-1)
         logits = anchors @ cands.T / self.temperature
+        if fn_mask is not None:  # judged relevant to the anchor: not a negative (trainer.negatives)
+            logits = logits.masked_fill(fn_mask.to(logits.device), float("-inf"))
         target = torch.arange(anchors.size(0), device=anchors.device)
         per_sample = nn.functional.cross_entropy(logits, target, reduction="none")
         if labels is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rare.model import RareConfig, load_model
 from rare.prompt import FORMAT_VERSION
-from trainer.collator import QueryPoolingCollator
+from trainer.collator import TrainingCollator
 from trainer.config import TrainConfig
 from trainer.data import build_samples, load_sources, to_dataset
 from trainer.loss import WeightedInfoNCE
@@ -34,7 +34,8 @@ def last_checkpoint(ckpt: Path) -> str | None:
 def run_training(cfg: TrainConfig) -> dict:
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
+
+    from trainer.sampler import TextNoDuplicatesBatchSampler
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -67,7 +68,7 @@ def run_training(cfg: TrainConfig) -> dict:
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio in transformers v5
         seed=cfg.seed,
         # Duplicate positives in a batch would be false in-batch negatives.
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=TextNoDuplicatesBatchSampler,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
@@ -78,11 +79,9 @@ def run_training(cfg: TrainConfig) -> dict:
         disable_tqdm=not cfg.show_progress,
         dataloader_num_workers=0,
     )
-    collator = None
-    if cfg.pooling == "query":
-        collator = QueryPoolingCollator(
-            preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=cfg.max_seq_length
-        )
+    collator = TrainingCollator(
+        preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=cfg.max_seq_length
+    )
     trainer = SentenceTransformerTrainer(
         model=model.st,
         args=args,
@@ -111,6 +110,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "plain_fraction": cfg.plain_fraction,
             "vary_k": cfg.vary_k,
             "max_pairs_per_query": cfg.max_pairs_per_query,
+            "judged_negatives_masked": True,  # in-batch candidates judged relevant (trainer.negatives)
             "hard_negatives": len(samples[0].negatives) if samples else 0,
             "temperature": cfg.temperature,
             "forgetting_aware": cfg.forgetting_aware,

@@ -8,13 +8,15 @@ import numpy as np
 from rare.encoding import encode_texts
 from rare.model import LoadedModel
 from trainer.data import Sample
+from trainer.negatives import false_negative_mask
 
 
 def pretrained_losses(
     model: LoadedModel, samples: list[Sample], temperature: float, group: int = 32, seed: int = 0
 ) -> np.ndarray:
     """Each sample's InfoNCE loss under the pre-trained model, against its own hard negatives and the
-    positives of a random group of other samples (what a training batch would hold)."""
+    positives of a random group of other samples (what a training batch would hold), less the
+    candidates judged relevant to it."""
     a = encode_texts(
         model,
         [s.anchor for s in samples],
@@ -32,6 +34,9 @@ def pretrained_losses(
         idx = order[start : start + group]
         cand = [p[idx]] + ([n.reshape(len(samples), per, -1)[idx].reshape(-1, a.shape[1])] if per else [])
         logits = a[idx] @ np.concatenate(cand).T / temperature
+        keys = [samples[i].doc_keys[0] for i in idx]
+        keys += [samples[i].doc_keys[1 + m] for i in idx for m in range(per)]
+        logits[false_negative_mask([samples[i].relevant for i in idx], keys)] = -np.inf  # as in training
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         losses[idx] = -logp[np.arange(len(idx)), np.arange(len(idx))]

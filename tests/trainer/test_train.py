@@ -65,8 +65,9 @@ def test_training_queries_never_use_themselves_as_examples(tmp_path, tiny_dir, m
         assert s.anchor.count("Query: ") == len(s.example_ids) + 1
         assert s.query not in s.anchor[: -len(s.query)]  # its own text is not among the examples
         assert len(s.negatives) == 1 and s.negatives[0] != s.positive
-    assert to_dataset(samples, "full").column_names == ["anchor", "positive", "negative_1", "label"]
-    assert to_dataset(samples, "query").column_names[-1] == "pool_from"
+    texts = ["anchor", "positive", "negative_1"]
+    assert to_dataset(samples, "full").column_names == [*texts, "label", "doc_keys", "relevant"]
+    assert "pool_from" in to_dataset(samples, "query").column_names
 
 
 def test_plain_fraction_and_vary_k(tmp_path, tiny_dir, model):
@@ -86,11 +87,11 @@ def test_max_pairs_per_query_keeps_the_best_graded(tmp_path, tiny_dir, model):
         f.write("q1\td2\t1\nq1\td3\t2\n")  # q1: d1 (1), d2 (1), d3 (2)
     c = cfg(tmp_path, data, hard_negatives=0)
     (src,) = load_sources(c, model)
-    assert sum(p[0] == "q1" for p in src.pairs) == 3 and len(src.pairs) == 10
+    assert sum(p.query_id == "q1" for p in src.pairs) == 3 and len(src.pairs) == 10
     c = cfg(tmp_path, data, hard_negatives=0, max_pairs_per_query=1)
     (src,) = load_sources(c, model)
     ds = load_beir(data)
-    assert [p[2] for p in src.pairs if p[0] == "q1"] == [ds.doc_text("d3")]
+    assert [p.positive for p in src.pairs if p.query_id == "q1"] == [ds.doc_text("d3")]
     assert len(src.pairs) == 8
 
 
@@ -116,13 +117,13 @@ def test_overfit_lowers_the_loss_and_model_reloads_with_its_settings(tmp_path, t
 
 
 def test_query_pooling_batches_and_training(tmp_path, tiny_dir, model):
-    from trainer.collator import QueryPoolingCollator
+    from trainer.collator import TrainingCollator
 
     c = cfg(tmp_path, tiny_dir, pooling="query", plain_fraction=0.0, k=2, selector="dense", max_steps=6)
     samples = build_samples(c, model, load_sources(c, model))
     assert all(s.anchor[s.pool_from :] == s.query and s.pool_from > 0 for s in samples)
     ds = to_dataset(samples, "query")
-    collate = QueryPoolingCollator(
+    collate = TrainingCollator(
         preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=256
     )
     batch = collate([ds[i] for i in range(4)])
@@ -141,14 +142,14 @@ def test_block_attention_batches_and_training(tmp_path, tiny_dir, model):
     """The collator's segments split each anchor at its example blocks; training through the block
     forward lowers the loss as served (cached examples), and the model reloads with attention 'block'."""
     from rare.block_attention import PREFIX, QUERY
-    from trainer.collator import QueryPoolingCollator
+    from trainer.collator import TrainingCollator
 
     c = cfg(tmp_path, tiny_dir, attention="block", plain_fraction=0.0, k=2, max_steps=6)
     samples = build_samples(c, model, load_sources(c, model))
     assert all(len(s.blocks) == len(s.example_ids) + 1 for s in samples)
     assert sum(len(s.example_ids) for s in samples[:4]) >= 4
     ds = to_dataset(samples, "query", "block")
-    collate = QueryPoolingCollator(
+    collate = TrainingCollator(
         preprocess_fn=model.st.preprocess, tokenizer=model.tokenizer, max_seq_length=256
     )
     batch = collate([ds[i] for i in range(4)])
