@@ -74,12 +74,27 @@ def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, tmp
     assert stats["misses"] == 4 and stats["hits"] == 3 * 4 and stats["entries"] == 4, stats
 
 
+def wait_exited(pid: int, timeout: float = 10.0) -> None:
+    """Until `pid` is a zombie (exited, not yet reaped by its parent) or gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still running {timeout} s after SIGKILL")
+
+
 def test_a_worker_dead_while_idle_is_replaced_before_its_turn(pool_of, model):
     pool = pool_of(model.path)
     victims = pool.pids()
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
+    for pid in victims:  # dead, not merely signalled: a loaded machine may take a while to get there
+        wait_exited(pid)
     for _ in range(3):
         np.testing.assert_allclose(
             pool.encode(TEXTS, [8, 12, 3], [0, 0, 0], [(), (), ()]), expected_texts(model), atol=1e-5
