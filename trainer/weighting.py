@@ -8,7 +8,7 @@ import numpy as np
 from rare.encoding import encode_texts
 from rare.model import LoadedModel
 from trainer.data import Sample
-from trainer.negatives import false_negative_mask
+from trainer.negatives import false_negative_mask, loss_candidates
 
 
 def pretrained_losses(
@@ -32,10 +32,10 @@ def pretrained_losses(
     losses = np.zeros(len(samples), dtype=np.float64)
     for start in range(0, len(order), group):
         idx = order[start : start + group]
-        cand = [p[idx]] + ([n.reshape(len(samples), per, -1)[idx].reshape(-1, a.shape[1])] if per else [])
-        logits = a[idx] @ np.concatenate(cand).T / temperature
-        keys = [samples[i].doc_keys[0] for i in idx]
-        keys += [samples[i].doc_keys[1 + m] for i in idx for m in range(per)]
+        # The loss's candidate order: the group's positives, then its first negatives, and so on.
+        negs_of = n.reshape(len(samples), per, a.shape[1])[idx].transpose(1, 0, 2).reshape(-1, a.shape[1])
+        logits = a[idx] @ np.concatenate([p[idx], negs_of]).T / temperature
+        keys = loss_candidates([samples[i].doc_keys for i in idx])
         logits[false_negative_mask([samples[i].relevant for i in idx], keys)] = -np.inf  # as in training
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
