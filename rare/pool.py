@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from rare.beir_data import BeirDataset, DataError, iter_jsonl
+from rare.beir_data import BeirDataset, DataError, iter_jsonl, ranked_positives
 from rare.prompt import Example
 
 
@@ -15,14 +15,13 @@ def example_id(query: str, document: str) -> str:
 
 
 def pool_from_beir(ds: BeirDataset, split: str) -> list[Example]:
-    """One pair per query: its highest-graded document, ties broken by the smallest doc id."""
+    """One pair per query: its highest-graded document, ties in the qrels file's order (see
+    `ranked_positives`)."""
     out = []
     for qid, docs in sorted(ds.split(split).items()):
-        positives = [(-score, did) for did, score in docs.items() if score > 0]
-        if not positives:
-            continue
-        _, best = min(positives)
-        out.append(Example(id=qid, query=ds.queries[qid], document=ds.doc_text(best)))
+        positives = ranked_positives(docs)
+        if positives:
+            out.append(Example(id=qid, query=ds.queries[qid], document=ds.doc_text(positives[0])))
     return out
 
 

@@ -240,7 +240,10 @@ def train(
         int | None,
         typer.Option(
             "--max-pairs-per-query",
-            help="BEIR: at most this many (query, judged document) pairs per query, best grade first.",
+            help=(
+                "BEIR: at most this many (query, judged document) pairs per query, best grade first, "
+                "ties in the qrels file's order."
+            ),
         ),
     ] = None,
     hard_negatives: Annotated[

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rare.beir_data import DataError, iter_jsonl, load_beir
+from rare.beir_data import DataError, iter_jsonl, load_beir, ranked_positives
 from rare.cache import corpus_embeddings
 from rare.encoding import encode_texts
 from rare.instructions import instruction_for
@@ -90,16 +90,12 @@ def load_sources(cfg: TrainConfig, base: LoadedModel) -> list[Source]:
         qrels = ds.split("train")
         negs = _mine(base, ds, qrels, cfg)
         pairs = []
-        rng = random.Random(cfg.seed)
         for qid in sorted(qrels):
-            graded = [(did, score) for did, score in sorted(qrels[qid].items()) if score > 0]
-            if cfg.max_pairs_per_query is not None:
-                # Highest grade first, ties in seeded random order: a query with dozens of judged
-                # documents (NFCorpus) should not fill batches with itself.
-                rng.shuffle(graded)
-                graded = sorted(graded, key=lambda x: -x[1])[: cfg.max_pairs_per_query]
+            # A query with dozens of judged documents (NFCorpus) should not fill batches with itself:
+            # keep its N best, ties in the qrels file's order (NFCorpus lists its closest ones first).
+            graded = ranked_positives(qrels[qid])[: cfg.max_pairs_per_query]
             neg_ids = negs.get(qid, [])
-            for did, _ in graded:
+            for did in graded:
                 pairs.append(
                     Pair(
                         qid,

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from rare.beir_data import DataError, load_beir, pool_split
+from rare.beir_data import DataError, load_beir, pool_split, ranked_positives
 from rare.pool import pool_from_beir, pool_from_jsonl
 from tests.conftest import shared_dataset
 
@@ -39,14 +39,19 @@ def test_missing_files_and_dangling_ids_give_clear_errors(tmp_path, tiny_dir):
         load_beir(tmp_path / "t")
 
 
-def test_pool_takes_highest_graded_doc_with_deterministic_ties(tmp_path, tiny_dir):
+def test_pool_takes_highest_graded_doc_ties_in_file_order(tmp_path, tiny_dir):
     shutil.copytree(tiny_dir, tmp_path / "t")
-    with open(tmp_path / "t" / "qrels" / "train.tsv", "a") as fh:
-        fh.write("q1\td9\t2\r\nq2\td5\t1\r\n")  # q1: d9 outranks d1; q2: tie d2/d5 -> smallest id d2
+    qrels = tmp_path / "t" / "qrels" / "train.tsv"
+    lines = qrels.read_text().splitlines()
+    # q1: d9 (grade 2) outranks d1, listed first; q2: a d5/d2 tie, d5 listed first (not the smallest id).
+    lines[1:3] = ["q1\td1\t1", "q1\td9\t2", "q2\td5\t1", "q2\td2\t1"]
+    qrels.write_text("\r\n".join(lines) + "\r\n")
     ds = load_beir(tmp_path / "t")
+    assert ranked_positives(ds.split("train")["q1"]) == ["d9", "d1"]
+    assert ranked_positives({"a": 1, "b": 0, "c": 3, "d": 1}) == ["c", "a", "d"]
     pool = {e.id: e for e in pool_from_beir(ds, "train")}
     assert pool["q1"].document.startswith("Jet engines")
-    assert pool["q2"].document.startswith("Volcanoes")
+    assert pool["q2"].document.startswith("Vaccines")
     assert len(pool) == 8
 
 

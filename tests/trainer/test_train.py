@@ -84,14 +84,22 @@ def test_max_pairs_per_query_keeps_the_best_graded(tmp_path, tiny_dir, model):
     data = tmp_path / "tiny"
     shutil.copytree(tiny_dir, data)
     with open(data / "qrels" / "train.tsv", "a") as f:
-        f.write("q1\td2\t1\nq1\td3\t2\n")  # q1: d1 (1), d2 (1), d3 (2)
+        # q1: d1 (1), d2 (1), d3 (2); q2: d2 listed first, then six ties that sort before it by id.
+        f.write(
+            "q1\td2\t1\nq1\td3\t2\n" + "".join(f"q2\t{d}\t1\n" for d in ("d10", "d1", "d9", "d8", "d7", "d6"))
+        )
     c = cfg(tmp_path, data, hard_negatives=0)
     (src,) = load_sources(c, model)
-    assert sum(p.query_id == "q1" for p in src.pairs) == 3 and len(src.pairs) == 10
+    assert sum(p.query_id == "q1" for p in src.pairs) == 3 and len(src.pairs) == 16
+    ds = load_beir(data)
+    c = cfg(tmp_path, data, hard_negatives=0, max_pairs_per_query=2)
+    (src,) = load_sources(c, model)
+    # Best grade first, ties in the file's order (not by id, not shuffled).
+    assert [p.positive for p in src.pairs if p.query_id == "q1"] == [ds.doc_text("d3"), ds.doc_text("d1")]
     c = cfg(tmp_path, data, hard_negatives=0, max_pairs_per_query=1)
     (src,) = load_sources(c, model)
-    ds = load_beir(data)
     assert [p.positive for p in src.pairs if p.query_id == "q1"] == [ds.doc_text("d3")]
+    assert [p.positive for p in src.pairs if p.query_id == "q2"] == [ds.doc_text("d2")]
     assert len(src.pairs) == 8
 
 
