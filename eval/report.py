@@ -14,9 +14,15 @@ def _label(r: dict) -> str:
     return f"{name} · {r['run']}" + (f" (k={r['k']}{pooled})" if r["k"] else "")
 
 
+def _set(r: dict) -> str:
+    """The dataset, and its split where it is not the test split (a dev screening is not a result)."""
+    split = r.get("split", "test")
+    return r["dataset"] if split == "test" else f"{r['dataset']} ({split})"
+
+
 def _baseline(records: list[dict], dataset: str) -> dict | None:
-    """The untrained model's plain run, else the dataset's first run."""
-    rows = [r for r in records if r["dataset"] == dataset]
+    """The untrained model's plain run, else the dataset's first run (per split)."""
+    rows = [r for r in records if _set(r) == dataset]
     return next((r for r in rows if r["run"] == "plain" and not r["trained"]), rows[0] if rows else None)
 
 
@@ -27,11 +33,11 @@ def write_table(records: list[dict], path: Path) -> str:
         "|---|---|---|" + "---|" * len(cols) + "---|---|",
     ]
     for r in records:
-        base = _baseline(records, r["dataset"])
+        base = _baseline(records, _set(r))
         delta = 100 * (r["metrics"]["ndcg@10"] - base["metrics"]["ndcg@10"])
         secs = r.get("encode_seconds", r.get("search_seconds", 0.0))
         vals = " | ".join(f"{100 * r['metrics'][c]:.2f}" for c in cols)
-        lines.append(f"| {r['dataset']} | {_label(r)} | {r['pool']} | {vals} | {delta:+.2f} | {secs:.1f} |")
+        lines.append(f"| {_set(r)} | {_label(r)} | {r['pool']} | {vals} | {delta:+.2f} | {secs:.1f} |")
     table = "\n".join(lines)
     path.write_text(
         table
@@ -47,10 +53,10 @@ def write_chart(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    datasets = list(dict.fromkeys(_set(r) for r in records))
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(6, 5 * len(datasets)), 4.5), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
-        rows = [r for r in records if r["dataset"] == ds]
+        rows = [r for r in records if _set(r) == ds]
         vals = [100 * r["metrics"]["ndcg@10"] for r in rows]
         ax.barh(range(len(rows)), vals, color=["#4C72B0" if r["run"] == "plain" else "#DD8452" for r in rows])
         ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
@@ -70,7 +76,7 @@ def merge(paths: list[Path], out: Path) -> str:
 
     records = [r for p in paths for r in json.loads(Path(p).read_text())]
     order = {"plain": 0, "rare": 1, "random": 2}
-    records.sort(key=lambda r: (r["dataset"], r["trained"], Path(r["model"]).name, order.get(r["run"], 9)))
+    records.sort(key=lambda r: (_set(r), r["trained"], Path(r["model"]).name, order.get(r["run"], 9)))
     out.mkdir(parents=True, exist_ok=True)
     write_chart(records, out / "ndcg10.png")
     return write_table(records, out / "results.md")

@@ -111,10 +111,11 @@ def test_unknown_run_is_rejected(tmp_path, tiny_dir):
 def test_merge_combines_runs_with_deltas_against_the_base(tmp_path):
     from eval.report import merge
 
-    def rec(model, trained, run, ndcg):
+    def rec(model, trained, run, ndcg, split="test"):
         m = dict.fromkeys(["ndcg@10", "recall@100", "map@100", "mrr@10"], ndcg)
         return {
             "dataset": "d",
+            "split": split,
             "model": model,
             "trained": trained,
             "run": run,
@@ -128,8 +129,14 @@ def test_merge_combines_runs_with_deltas_against_the_base(tmp_path):
         json.dumps([rec("tuned", True, "rare", 0.7), rec("tuned", True, "plain", 0.6)])
     )
     (tmp_path / "b.json").write_text(json.dumps([rec("base", False, "plain", 0.5)]))
-    table = merge([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "out").splitlines()
+    # A dev-split screening is kept apart, with its own base run.
+    (tmp_path / "c.json").write_text(
+        json.dumps([rec("tuned", True, "plain", 0.45, "dev"), rec("base", False, "plain", 0.4, "dev")])
+    )
+    table = merge([tmp_path / p for p in ("a.json", "b.json", "c.json")], tmp_path / "out").splitlines()
     assert table[2].startswith("| d | base · plain |") and table[2].endswith("| +0.00 | 1.0 |")
     assert table[3].startswith("| d | tuned · plain |") and "+10.00" in table[3]
     assert table[4].startswith("| d | tuned · rare (k=3) |") and "+20.00" in table[4]
+    assert table[5].startswith("| d (dev) | base · plain |") and "+0.00" in table[5]
+    assert table[6].startswith("| d (dev) | tuned · plain |") and "+5.00" in table[6]
     assert (tmp_path / "out" / "ndcg10.png").is_file()
