@@ -104,8 +104,8 @@ def ranked_positives(judged: dict[str, int]) -> list[str]:
     The file order is kept because it carries relevance where a split flattens its grades: NFCorpus
     lists a query's directly cited documents first (its test and dev splits: every grade-2 document
     before any grade 1), and its train split, all grade 1, keeps that order (the base model ranks a
-    query's first-listed train document at median 197 of 3,633, its 20th and later at 928).
-    `load_qrels` preserves it.
+    query's first-listed train document at median 197 of 3,633, its 21st and later at 928;
+    bench/example_signal.py). `load_qrels` preserves it.
     """
     return [d for d, g in sorted(judged.items(), key=lambda x: -x[1]) if g > 0]  # stable: keeps file order
 
