@@ -235,6 +235,14 @@ def train(
     plain_fraction: Annotated[
         float, typer.Option("--plain-fraction", help="Share of queries trained without examples.")
     ] = 0.3,
+    random_example_fraction: Annotated[
+        float,
+        typer.Option(
+            "--random-example-fraction",
+            help="Share of the queries trained with examples that get random pool examples instead of "
+            "the nearest (so the model learns to discount unrelated ones).",
+        ),
+    ] = 0.0,
     vary_k: Annotated[bool, typer.Option("--vary-k/--fixed-k", help="Draw k per sample in 1..k.")] = False,
     max_pairs_per_query: Annotated[
         int | None,
@@ -317,6 +325,7 @@ def train(
             batch_size=batch_size,
             lr=lr,
             plain_fraction=plain_fraction,
+            random_example_fraction=random_example_fraction,
             vary_k=vary_k,
             max_pairs_per_query=max_pairs_per_query,
             hard_negatives=hard_negatives,

@@ -20,6 +20,7 @@ class TrainConfig(BaseModel):
     k: int = Field(5, ge=0, le=32)
     selector: Literal["bm25", "dense", "random"] = "bm25"
     plain_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    random_example_fraction: float = Field(0.0, ge=0.0, le=1.0)
     max_pairs_per_query: int | None = Field(None, ge=1)
     vary_k: bool = False
     hard_negatives: int = Field(1, ge=0, le=16)

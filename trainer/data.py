@@ -156,11 +156,24 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
             0 if rng.random() < cfg.plain_fraction else (rng.randint(1, cfg.k) if cfg.vary_k else cfg.k)
             for _ in src.pairs
         ]
+        exclude = [{p.query_id} for p in src.pairs]
         chosen = (
-            selector.select(queries, cfg.k, exclude=[{p.query_id} for p in src.pairs], exclude_identical=True)
+            selector.select(queries, cfg.k, exclude=exclude, exclude_identical=True)
             if selector
             else [[] for _ in queries]
         )
+        if selector and cfg.random_example_fraction > 0:
+            # Unrelated demonstrations, so the model learns to lean on examples only when they match the
+            # query (out of domain, the nearest pool queries can still be far). Own stream: the plain/k
+            # draws above stay as they were.
+            noise = make_selector("random", src.pool, seed=cfg.seed).select(
+                queries, cfg.k, exclude=exclude, exclude_identical=True
+            )
+            pick = random.Random(f"{cfg.seed}:random-examples")
+            chosen = [
+                r if pick.random() < cfg.random_example_fraction else c
+                for c, r in zip(chosen, noise, strict=True)
+            ]
         for p, k, exs in zip(src.pairs, ks, chosen, strict=True):
             a = aug.build(p.query, exs[:k], src.instruction)
             samples.append(

@@ -108,6 +108,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "datasets": [s.name for s in sources],
             "samples": len(samples),
             "plain_fraction": cfg.plain_fraction,
+            "random_example_fraction": cfg.random_example_fraction,
             "vary_k": cfg.vary_k,
             "max_pairs_per_query": cfg.max_pairs_per_query,
             "judged_negatives_masked": True,  # in-batch candidates judged relevant (trainer.negatives)

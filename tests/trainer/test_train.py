@@ -78,6 +78,26 @@ def test_plain_fraction_and_vary_k(tmp_path, tiny_dir, model):
     assert len(ks) > 1 and max(ks) <= 3
 
 
+def test_random_example_fraction_swaps_in_random_examples(tmp_path, tiny_dir, model):
+    from rare.selection import make_selector
+
+    def example_ids(**kw) -> list[list[str]]:
+        c = cfg(tmp_path, tiny_dir, plain_fraction=0.0, k=3, **kw)
+        return [s.example_ids for s in build_samples(c, model, load_sources(c, model))]
+
+    src = load_sources(cfg(tmp_path, tiny_dir), model)[0]
+    exclude = [{p.query_id} for p in src.pairs]
+    rand = make_selector("random", src.pool, seed=0).select(
+        [p.query for p in src.pairs], 3, exclude=exclude, exclude_identical=True
+    )
+    random_ids = [sorted(s.example.id for s in r) for r in rand]
+    nearest, noisy = example_ids(), example_ids(random_example_fraction=1.0)
+    assert [sorted(e) for e in noisy] == random_ids  # every sample draws from the random selector
+    assert nearest != noisy
+    assert all(p.query_id not in e for p, e in zip(src.pairs, noisy, strict=True))
+    assert example_ids(random_example_fraction=0.0) == nearest
+
+
 def test_max_pairs_per_query_keeps_the_best_graded(tmp_path, tiny_dir, model):
     import shutil
 
