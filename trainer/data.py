@@ -164,8 +164,8 @@ def build_samples(cfg: TrainConfig, base: LoadedModel, sources: list[Source]) ->
         )
         if selector and cfg.random_example_fraction > 0:
             # Unrelated demonstrations, so the model learns to lean on examples only when they match the
-            # query (out of domain, the nearest pool queries can still be far). Own stream: the plain/k
-            # draws above stay as they were.
+            # query (out of domain, the nearest pool queries' documents rarely answer it). Own stream: the
+            # plain/k draws above stay as they were.
             noise = make_selector("random", src.pool, seed=cfg.seed).select(
                 queries, cfg.k, exclude=exclude, exclude_identical=True
             )
