@@ -17,15 +17,18 @@ trained embeddings agree to float error (tests/rare/test_block_attention.py). BE
 encoders only (all-MiniLM-L6-v2, BGE, E5, ...): the forward pass below is written against their modules.
 
 The query pass runs packed: the batch's tokens in one (tokens, D) matrix for the dense layers (most of
-the work), padded only for attention. A serving batch in arrival order then costs its real tokens, not
-its size times its longest text, so `rare.encoding.encode_batch` sends every text of a mean-pooling BERT
-model this way (`LoadedModel.packable`), structured or not.
+the work), padded only for attention, which runs per group of rows of similar size (`attention_groups`:
+a plain query padded to a 5-example one's keys would cost ten times its attention). A serving batch in
+arrival order then costs about its real tokens, not its size times its longest text, so
+`rare.encoding.encode_batch` sends every text of a mean-pooling BERT model this way
+(`LoadedModel.packable`), structured or not.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -111,37 +114,55 @@ def allowed(seg: torch.Tensor) -> torch.Tensor:
     return ok.unsqueeze(1)
 
 
-def _layer(layer, h, mask, ctx_k=None, ctx_v=None, valid=None):
-    """One BERT layer with an explicit boolean mask over [context keys; own keys]. With `valid` (B, S),
-    `h` is packed (tokens, D): the dense layers, most of the work, run on real tokens only, and only
-    attention sees the padded layout."""
+def _layer(layer, h, mask, ctx_k=None, ctx_v=None):
+    """One BERT layer with an explicit boolean mask over [context keys; own keys]; returns its output
+    and its own keys and values (heads layout)."""
+    a = layer.attention.self
+    q, k, v = (_heads(x, a.num_attention_heads) for x in (a.query(h), a.key(h), a.value(h)))
+    return _ffn(layer, _attend(a, q, k, v, mask, ctx_k, ctx_v), h), k, v
+
+
+def _packed_layer(layer, h, groups: list[_Group], li: int):
+    """One BERT layer over packed tokens (tokens, D): the dense layers, most of the work, run on real
+    tokens only; attention runs per group of similar rows, padded within the group only."""
+    import torch
+
+    a = layer.attention.self
+    H = a.num_attention_heads
+    qkv = (a.query(h), a.key(h), a.value(h))
+    parts, at = [], 0
+    for g in groups:
+        end = at + g.tokens
+        q, k, v = (_heads(_unpack(x[at:end], g.own), H) for x in qkv)
+        ck, cv = g.ctx[li] if g.ctx is not None else (None, None)
+        parts.append(_attend(a, q, k, v, g.mask, ck, cv)[g.own])
+        at = end
+    return _ffn(layer, parts[0] if len(parts) == 1 else torch.cat(parts), h)
+
+
+def _heads(x, H: int):
+    B, S, D = x.shape
+    return x.view(B, S, H, D // H).transpose(1, 2)
+
+
+def _attend(a, q, k, v, mask, ctx_k, ctx_v):
+    """Scaled dot-product attention over [context keys; own keys], back to (B, S, D)."""
     import torch
     from torch.nn import functional as F
 
-    a = layer.attention.self
-    q, k, v = a.query(h), a.key(h), a.value(h)
-    if valid is not None:
-        q, k, v = (_unpack(x, valid) for x in (q, k, v))
-    B, S, D = q.shape
-    H = a.num_attention_heads
-    d = D // H
-
-    def heads(x):
-        return x.view(B, S, H, d).transpose(1, 2)
-
-    q, k, v = heads(q), heads(k), heads(v)
     kk = k if ctx_k is None else torch.cat([ctx_k, k], dim=2)
     vv = v if ctx_v is None else torch.cat([ctx_v, v], dim=2)
     p = a.dropout.p if a.training else 0.0
     ctx = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, dropout_p=p)
-    ctx = ctx.transpose(1, 2).reshape(B, S, D)
-    if valid is not None:
-        ctx = ctx[valid]
+    B, H, S, d = ctx.shape
+    return ctx.transpose(1, 2).reshape(B, S, H * d)
+
+
+def _ffn(layer, ctx, h):
     so = layer.attention.output
     h1 = so.LayerNorm(so.dropout(so.dense(ctx)) + h)
     out = layer.output
-    h2 = out.LayerNorm(out.dropout(out.dense(layer.intermediate(h1))) + h1)
-    return h2, k, v
+    return out.LayerNorm(out.dropout(out.dense(layer.intermediate(h1))) + h1)
 
 
 def _unpack(x, valid):
@@ -150,20 +171,71 @@ def _unpack(x, valid):
     return out
 
 
-def _run(bert, input_ids, position_ids, mask, ctx=None, keep: bool = False, valid=None):
+@dataclass
+class _Group:
+    """Rows of a packed batch that attend together: their own tokens' layout `own` (rows, Sq), the
+    attention mask over [context; own] keys, per layer the context keys and values (or None), and how
+    many real tokens they hold (a contiguous run of the packed tokens)."""
+
+    own: torch.Tensor
+    mask: torch.Tensor
+    ctx: list | None
+    tokens: int
+
+
+# What one more attention call costs, in padded (query token, key) pairs: a profile of all-MiniLM-L6-v2
+# serving batches on one CPU thread put a pair at ~40 ns and a call (SDPA, unpack, concat) at ~80 us.
+ATTENTION_CALL_PAIRS = 2048
+
+
+def attention_groups(
+    queries: Sequence[int], keys: Sequence[int], call_pairs: int = ATTENTION_CALL_PAIRS
+) -> list[np.ndarray]:
+    """Rows grouped for attention, minimizing padded (query token, key) pairs plus a per-call cost.
+
+    Row i has `queries[i]` own tokens and `keys[i]` keys (context + own). A group pads every row to its
+    longest query and most keys, so an arrival-order batch of short and long rows wastes most of its
+    attention work; an exact dynamic programme over the rows sorted by keys finds the cheapest cuts.
+    """
+    import numpy as np
+
+    n = len(keys)
+    order = np.argsort(np.asarray(keys), kind="stable")
+    kq = np.asarray(queries, dtype=np.float64)[order]
+    kk = np.asarray(keys, dtype=np.float64)[order]
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        # Group order[i:j] pads to kk[j-1] keys and to its longest query, max(kq[i:j]).
+        longest = np.maximum.accumulate(kq[:j][::-1])[::-1]
+        costs = best[:j] + call_pairs + (j - np.arange(j)) * longest * kk[j - 1]
+        i = int(np.argmin(costs))
+        best[j], cut[j] = costs[i], i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _run(bert, input_ids, position_ids, mask=None, ctx=None, keep: bool = False, groups=None):
     """Embeddings + layers. `ctx[l]` = (keys, values) prepended at layer l; with `keep`, every layer's
-    own keys and values are returned too; with `valid`, ids and positions are packed (see `_layer`)."""
+    own keys and values are returned too; with `groups`, ids and positions are packed (see
+    `_packed_layer`)."""
     import torch
 
     h = bert.embeddings(
         input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), position_ids=position_ids
     )
-    if valid is not None:
-        h = h[0]  # (1, tokens, D) -> (tokens, D)
     kept = []
+    if groups is not None:
+        h = h[0]  # (1, tokens, D) -> (tokens, D)
+        for li, layer in enumerate(bert.encoder.layer):
+            h = _packed_layer(layer, h, groups, li)
+        return h, kept
     for li, layer in enumerate(bert.encoder.layer):
         ck, cv = ctx[li] if ctx is not None else (None, None)
-        h, k, v = _layer(layer, h, mask, ck, cv, valid)
+        h, k, v = _layer(layer, h, mask, ck, cv)
         if keep:
             kept.append((k, v))
     return h, kept
@@ -274,42 +346,56 @@ class BlockEncoder:
         return out
 
     def _query_pass(self, rows, kv: dict):
+        """Token states of every row's query block, packed in group order; with the pool mask and the
+        row of each token."""
         import torch
 
-        B = len(rows)
-        Sq = max(len(r[1]) for r in rows)
-        L = max(r[3] for r in rows)
-        ids = torch.zeros((B, Sq), dtype=torch.long)
-        pos = torch.zeros((B, Sq), dtype=torch.long)
-        qmask = torch.zeros((B, Sq), dtype=torch.bool)
+        groups = attention_groups([len(r[1]) for r in rows], [r[3] + len(r[1]) for r in rows])
+        ids, pos, qmask, row_of = [], [], [], []
+        plan = [self._group(rows, idx.tolist(), kv, ids, pos, qmask, row_of) for idx in groups]
+        states, _ = _run(self.bert, torch.cat(ids)[None], torch.cat(pos)[None], groups=plan)
+        return states, torch.cat(qmask), torch.cat(row_of)
+
+    @staticmethod
+    def _group(rows, idx: list[int], kv: dict, ids, pos, qmask, row_of) -> _Group:
+        """One attention group's layout and context; its packed ids, positions, pool mask and rows are
+        appended to the lists given."""
+        import torch
+
+        B = len(idx)
+        Sq = max(len(rows[i][1]) for i in idx)
+        L = max(rows[i][3] for i in idx)
+        own = torch.zeros((B, Sq), dtype=torch.bool)
         valid = torch.zeros((B, L + Sq), dtype=torch.bool)
-        for i, (_, q_ids, q_pool, ctx_len) in enumerate(rows):
+        for j, i in enumerate(idx):
+            _, q_ids, q_pool, ctx_len = rows[i]
             n = len(q_ids)
+            own[j, :n] = True
+            valid[j, :ctx_len] = True
+            valid[j, L : L + n] = True
+            ids.append(q_ids)
             # The query block sits after all example tokens in the string: its natural positions.
-            ids[i, :n], pos[i, :n], qmask[i, :n] = q_ids, torch.arange(n) + ctx_len, q_pool
-            valid[i, :ctx_len] = True
-            valid[i, L : L + n] = True
+            pos.append(torch.arange(n) + ctx_len)
+            qmask.append(q_pool)
+            row_of.append(torch.full((n,), i, dtype=torch.long))
         ctx = None
         if L:
             ref = next(iter(kv.values()))
             n_layers, _, H, _, d = ref.shape
             # ~2 MB a query for all-MiniLM-L6-v2 with 5 examples: filled once, padding zeroed only.
             full = torch.empty((n_layers, 2, B, H, L, d), dtype=ref.dtype)
-            for i, (keys, *_rest) in enumerate(rows):
+            for j, i in enumerate(idx):
                 at = 0
-                for k in keys:
+                for k in rows[i][0]:
                     part = kv[k]
-                    full[:, :, i, :, at : at + part.shape[3]] = part
+                    full[:, :, j, :, at : at + part.shape[3]] = part
                     at += part.shape[3]
-                full[:, :, i, :, at:] = 0
+                full[:, :, j, :, at:] = 0
             ctx = [(full[li, 0], full[li, 1]) for li in range(n_layers)]
         else:
             valid = valid[:, L:]
         mask = valid[:, None, None, :].expand(B, 1, Sq, valid.shape[1])
-        # Packed: a batch in arrival order costs its real tokens, not B x its longest query.
-        own = valid[:, -Sq:]
-        states, _ = _run(self.bert, ids[own][None], pos[own][None], mask, ctx=ctx, valid=own)
-        return states, qmask[own], own.nonzero()[:, 0]
+        return _Group(own, mask, ctx, int(own.sum()))
 
 
 def _example_segments(seg) -> list[int]:

@@ -13,6 +13,7 @@ from rare.block_attention import (
     QUERY,
     BlockAttentionError,
     BlockEncoder,
+    attention_groups,
     bert_of,
     block_forward,
     segment_ids,
@@ -156,3 +157,38 @@ def test_packed_serving_batches_equal_the_models_own_pipeline(model):
         got[plain], model.st.encode([texts[i] for i in plain], normalize_embeddings=True), atol=1e-5
     )
     np.testing.assert_allclose(got[2], model.encode([pooled.text], [pooled.pool_from])[0], atol=1e-5)
+
+
+def test_attention_groups_split_rows_of_different_sizes_only_when_it_pays():
+    # Row i: (own query tokens, keys = context + own). Two short plain queries, two long 5-example ones.
+    queries, keys = [20, 25, 22, 18], [40, 45, 240, 230]
+    groups = attention_groups(queries, keys, call_pairs=2048)
+    assert sorted(int(i) for g in groups for i in g) == [0, 1, 2, 3]  # every row once
+    assert [sorted(g.tolist()) for g in groups] == [[0, 1], [2, 3]]
+    # Splitting saves 2 x 25 x (240 - 45) pairs; a call costing more than that keeps one group.
+    assert len(attention_groups(queries, keys, call_pairs=20_000)) == 1
+    assert [g.tolist() for g in attention_groups([7], [30])] == [[0]]
+
+
+def test_grouped_attention_equals_the_training_forward(model):
+    """A serving batch mixing plain and example-laden queries of every length runs as several attention
+    groups and still gives each query its whole-string embedding."""
+    aug = QueryAugmenter(model, attention="block")
+    augs = [
+        aug.build("insulin " * n, EXAMPLES[:k], None) for n, k in [(1, 0), (30, 5), (3, 0), (12, 2), (2, 5)]
+    ]
+    args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs])
+    enc = BlockEncoder(model.st)
+    rows = [(keys, ids, pool, ctx) for keys, ids, pool, ctx in enc_rows(enc, model, *args)]
+    assert len(attention_groups([len(r[1]) for r in rows], [r[3] + len(r[1]) for r in rows])) > 1
+    got = enc.encode(*args, model.max_tokens)
+    np.testing.assert_allclose(got, whole_string(model, *args), atol=1e-5)
+
+
+def enc_rows(enc, model, texts, pool_from, blocks):
+    """The rows BlockEncoder.encode splits a batch into (context keys, query ids, pool mask, context)."""
+    enc_, pool = tokenize_with_query_mask(
+        model.tokenizer, texts, pool_from, model.max_tokens, keep_offsets=True
+    )
+    seg = segment_ids(enc_.pop("offset_mapping"), enc_["attention_mask"], blocks)
+    return [enc._split(enc_["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
