@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
@@ -213,6 +213,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
     # ---------- search ----------
+    def _json(body: BaseModel) -> Response:
+        # The hot endpoints build their response model themselves; returned as a model, FastAPI would
+        # validate it against response_model again and encode it through jsonable_encoder (~0.2 ms a
+        # search of 10 abstracts). response_model still documents them.
+        return Response(body.model_dump_json(), media_type="application/json")
+
     def _response(r: QueryResult, took_ms: float) -> S.SearchResponse:
         hits = []
         for doc_id, score in r.hits:
@@ -263,10 +269,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return out
 
     @app.post("/search", response_model=S.SearchResponse, tags=["search"], responses=WITH_404)
-    async def search(body: S.SearchRequest, _: Read) -> S.SearchResponse:
+    async def search(body: S.SearchRequest, _: Read) -> Response:
         t0 = time.perf_counter()
         (r,) = await _run_searches([body])
-        return _response(r, (time.perf_counter() - t0) * 1000)
+        return _json(_response(r, (time.perf_counter() - t0) * 1000))
 
     @app.post(
         "/search/batch",
@@ -274,15 +280,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         tags=["search"],
         responses=WITH_404,
     )
-    async def search_batch(body: S.SearchBatchRequest, _: Read) -> S.SearchBatchResponse:
+    async def search_batch(body: S.SearchBatchRequest, _: Read) -> Response:
         t0 = time.perf_counter()
         rs = await _run_searches(body.queries)
         took = (time.perf_counter() - t0) * 1000
-        return S.SearchBatchResponse(responses=[_response(r, took) for r in rs], took_ms=took)
+        return _json(S.SearchBatchResponse(responses=[_response(r, took) for r in rs], took_ms=took))
 
     # ---------- embeddings ----------
     @app.post("/embed", response_model=S.EmbedResponse, tags=["embeddings"], responses=WITH_404)
-    async def embed(body: S.EmbedRequest, _: Read) -> S.EmbedResponse:
+    async def embed(body: S.EmbedRequest, _: Read) -> Response:
         if body.type == "document":
             vecs, tokens = await engine.encode_documents(body.texts)
         else:
@@ -291,14 +297,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             aug = await engine.augment(body.texts, col, k)
             vecs = await engine.encode_queries(aug)
             tokens = sum(a.tokens for a in aug)
-        return S.EmbedResponse(
-            embeddings=vecs.tolist(), dim=vecs.shape[1], model=engine.model.name, tokens=tokens
+        return _json(
+            S.EmbedResponse(
+                embeddings=vecs.tolist(), dim=vecs.shape[1], model=engine.model.name, tokens=tokens
+            )
         )
 
     @app.post(
         "/v1/embeddings", response_model=S.OpenAIEmbeddingResponse, tags=["embeddings"], responses=COMMON
     )
-    async def openai_embeddings(body: S.OpenAIEmbeddingRequest, _: Read) -> S.OpenAIEmbeddingResponse:
+    async def openai_embeddings(body: S.OpenAIEmbeddingRequest, _: Read) -> Response:
         texts = [body.input] if isinstance(body.input, str) else body.input
         vecs, tokens = await engine.encode_documents(texts)
         data = []
@@ -309,10 +317,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 else v.tolist()
             )
             data.append(S.OpenAIEmbedding(index=i, embedding=emb))
-        return S.OpenAIEmbeddingResponse(
-            data=data,
-            model=body.model or engine.model.name,
-            usage=S.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
+        return _json(
+            S.OpenAIEmbeddingResponse(
+                data=data,
+                model=body.model or engine.model.name,
+                usage=S.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
+            )
         )
 
     # ---------- collection writes ----------
@@ -391,7 +401,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
-        for b in (engine.encoder, engine.searcher):
+        for b in (engine.encoder, engine.searcher, engine.selector):
             if b is not None:
                 metrics.queue.labels(b.name).set(b.pending)
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -66,6 +66,32 @@ def test_examples_used_are_returned_and_are_the_nearest_pool_queries(http, tiny_
     assert used[0]["score"] >= used[-1]["score"]
 
 
+def test_concurrent_searches_each_get_their_own_nearest_examples(server, http, tiny_dir):
+    """Example selection is batched across requests (one BM25 call for the largest k): each request
+    still gets exactly its own k nearest pool queries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    selector = make_selector("bm25", pool_from_beir(load_beir(tiny_dir), "train"))
+    cases = [
+        ("why do volcanoes erupt lava", 2),
+        ("how is a rainbow formed", 1),
+        ("which organ produces insulin", 3),
+        ("what makes a volcano erupt", 1),
+    ] * 4
+
+    def search(case):
+        with server.client() as c:
+            r = c.post("/search", json={"query": case[0], "collection": "tiny", "num_examples": case[1]})
+            assert r.status_code == 200, r.text
+            return r.json()["examples"]
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(search, cases))
+    for (query, k), used in zip(cases, got, strict=True):
+        assert [e["id"] for e in used] == [s.example.id for s in selector.select([query], k)[0]]
+    assert 'rare_batch_size_count{batcher="examples"}' in http.get("/metrics").text
+
+
 def test_caller_supplied_examples_override_retrieval(http):
     ex = [{"query": "how do bees store honey", "document": "Bees store honey in wax combs."}]
     r = http.post("/search", json={"query": "honey storage", "collection": "tiny", "examples": ex})
