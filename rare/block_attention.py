@@ -199,23 +199,18 @@ def attention_groups(
     """
     import numpy as np
 
-    n = len(keys)
+    from rare.partition import cheapest_runs
+
     order = np.argsort(np.asarray(keys), kind="stable")
     kq = np.asarray(queries, dtype=np.float64)[order]
     kk = np.asarray(keys, dtype=np.float64)[order]
-    best = np.zeros(n + 1)
-    cut = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        # Group order[i:j] pads to kk[j-1] keys and to its longest query, max(kq[i:j]).
+
+    def run_costs(j: int) -> np.ndarray:
+        # Run order[i:j] pads to kk[j-1] keys and to its longest query, max(kq[i:j]).
         longest = np.maximum.accumulate(kq[:j][::-1])[::-1]
-        costs = best[:j] + call_pairs + (j - np.arange(j)) * longest * kk[j - 1]
-        i = int(np.argmin(costs))
-        best[j], cut[j] = costs[i], i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
+        return call_pairs + (j - np.arange(j)) * longest * kk[j - 1]
+
+    return [order[i:j] for i, j in cheapest_runs(len(keys), run_costs)]
 
 
 def _run(bert, input_ids, position_ids, mask=None, ctx=None, keep: bool = False, groups=None):

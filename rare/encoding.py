@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from rare.model import LoadedModel
+from rare.partition import cheapest_runs
 
 
 def token_lengths(model: LoadedModel, texts: Sequence[str]) -> np.ndarray:
@@ -45,19 +46,10 @@ def split_by_length(lengths: Sequence[int], overhead_tokens: int = CALL_OVERHEAD
         return []
     order = np.argsort(np.asarray(lengths), kind="stable")
     srt = np.asarray(lengths, dtype=np.float64)[order]
-    best = np.zeros(n + 1)
-    cut = np.zeros(n + 1, dtype=np.int64)
     starts = np.arange(n)
-    for j in range(1, n + 1):
-        # Group order[i:j] pads to srt[j-1], its longest member.
-        costs = best[:j] + overhead_tokens + (j - starts[:j]) * srt[j - 1]
-        i = int(np.argmin(costs))
-        best[j], cut[j] = costs[i], i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
+    # Group order[i:j] pads to srt[j-1], its longest member.
+    runs = cheapest_runs(n, lambda j: overhead_tokens + (j - starts[:j]) * srt[j - 1])
+    return [order[i:j] for i, j in runs]
 
 
 def encode_batch(

@@ -134,22 +134,21 @@ class Engine:
             on_encode,
             workers=self.pool.size if self.pool else 1,
         )
-        self.searcher = MicroBatcher(
-            "search",
-            self._search_batch,
-            lambda b, _: len(b) < SEARCH_BATCH,
-            s.max_queue,
-            lambda b: m.batch_size.labels("search").observe(len(b)),
-        )
+
+        def counted(name: str, process, size: int) -> MicroBatcher:
+            """Up to `size` items a batch, whatever they cost; batch sizes go to the metrics."""
+            return MicroBatcher(
+                name,
+                process,
+                lambda b, _: len(b) < size,
+                s.max_queue,
+                lambda b: m.batch_size.labels(name).observe(len(b)),
+            )
+
+        self.searcher = counted("search", self._search_batch, SEARCH_BATCH)
         # Example selection batched too: BM25 over the pool costs ~0.5 ms a query one at a time and
         # ~0.1 ms in a batch, on the event loop's process, which every request shares.
-        self.selector = MicroBatcher(
-            "examples",
-            self._select_batch,
-            lambda b, _: len(b) < SELECT_BATCH,
-            s.max_queue,
-            lambda b: m.batch_size.labels("examples").observe(len(b)),
-        )
+        self.selector = counted("examples", self._select_batch, SELECT_BATCH)
         self.encoder.start()
         self.searcher.start()
         self.selector.start()
