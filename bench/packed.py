@@ -66,10 +66,9 @@ def main() -> None:
         built = [aug.build(q, ex, model.rare.instruction) for q, ex in zip(queries, examples, strict=True)]
 
         def cpu_ms(size: int, by_length: bool, built=built) -> float:
-            order = (
-                sorted(range(len(built)), key=lambda i: -built[i].tokens) if by_length else range(len(built))
-            )
-            order = list(order)
+            order = list(range(len(built)))
+            if by_length:
+                order.sort(key=lambda i: -built[i].tokens)
             t = time.process_time()
             for s in range(0, len(order), size):
                 part = [built[i] for i in order[s : s + size]]
@@ -90,13 +89,14 @@ def main() -> None:
                 for layout, (size, by_length) in LAYOUTS.items():
                     times.setdefault((how, layout), []).append(cpu_ms(size, by_length))
         ba.attention_groups = grouped
+        mean_tokens = round(statistics.mean(a.tokens for a in built), 1)
         for layout in LAYOUTS:
             before = statistics.median(times[("one group", layout)])
             after = statistics.median(times[("grouped", layout)])
             rows.append(
                 {
                     "queries": kind,
-                    "mean_tokens": round(statistics.mean(a.tokens for a in built), 1),
+                    "mean_tokens": mean_tokens,
                     "batches": layout,
                     "one_group_ms": round(before, 2),
                     "grouped_ms": round(after, 2),

@@ -276,14 +276,8 @@ class BlockEncoder:
     ) -> np.ndarray:
         import torch
 
-        from rare.pooling import tokenize_with_query_mask
-
-        enc, pool = tokenize_with_query_mask(
-            self.st.tokenizer, texts, pool_from, max_length, keep_offsets=True
-        )
-        seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], blocks)
         with torch.inference_mode():
-            rows = [self._split(enc["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
+            rows = self._rows(texts, pool_from, blocks, max_length)
             kv = self._context([r[0] for r in rows])
             states, pool_tokens, row_of = self._query_pass(rows, kv)
             sums = states.new_zeros((len(rows), states.shape[-1]))
@@ -291,6 +285,21 @@ class BlockEncoder:
             counts = torch.bincount(row_of[pool_tokens], minlength=len(rows)).clamp_min(1)
             emb = torch.nn.functional.normalize(sums / counts[:, None].to(sums.dtype), dim=-1)
         return emb.float().cpu().numpy()
+
+    def _rows(self, texts: list[str], pool_from, blocks, max_length: int) -> list[tuple]:
+        """Per text: (context keys, query ids, query pool mask, context length), see `_split`."""
+        from rare.pooling import tokenize_with_query_mask
+
+        enc, pool = tokenize_with_query_mask(
+            self.st.tokenizer, texts, pool_from, max_length, keep_offsets=True
+        )
+        seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], blocks)
+        return [self._split(enc["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
+
+    @staticmethod
+    def _attention_groups(rows) -> list[np.ndarray]:
+        """`attention_groups` of the rows: each row's own query tokens, and its keys (context + own)."""
+        return attention_groups([len(r[1]) for r in rows], [r[3] + len(r[1]) for r in rows])
 
     @staticmethod
     def _split(ids, seg, pool):
@@ -345,7 +354,7 @@ class BlockEncoder:
         row of each token."""
         import torch
 
-        groups = attention_groups([len(r[1]) for r in rows], [r[3] + len(r[1]) for r in rows])
+        groups = self._attention_groups(rows)
         ids, pos, qmask, row_of = [], [], [], []
         plan = [self._group(rows, idx.tolist(), kv, ids, pos, qmask, row_of) for idx in groups]
         states, _ = _run(self.bert, torch.cat(ids)[None], torch.cat(pos)[None], groups=plan)
@@ -360,12 +369,10 @@ class BlockEncoder:
         B = len(idx)
         Sq = max(len(rows[i][1]) for i in idx)
         L = max(rows[i][3] for i in idx)
-        own = torch.zeros((B, Sq), dtype=torch.bool)
         valid = torch.zeros((B, L + Sq), dtype=torch.bool)
         for j, i in enumerate(idx):
             _, q_ids, q_pool, ctx_len = rows[i]
             n = len(q_ids)
-            own[j, :n] = True
             valid[j, :ctx_len] = True
             valid[j, L : L + n] = True
             ids.append(q_ids)
@@ -389,6 +396,7 @@ class BlockEncoder:
             ctx = [(full[li, 0], full[li, 1]) for li in range(n_layers)]
         else:
             valid = valid[:, L:]
+        own = valid[:, -Sq:]
         mask = valid[:, None, None, :].expand(B, 1, Sq, valid.shape[1])
         return _Group(own, mask, ctx, int(own.sum()))
 

@@ -179,16 +179,6 @@ def test_grouped_attention_equals_the_training_forward(model):
     ]
     args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs])
     enc = BlockEncoder(model.st)
-    rows = [(keys, ids, pool, ctx) for keys, ids, pool, ctx in enc_rows(enc, model, *args)]
-    assert len(attention_groups([len(r[1]) for r in rows], [r[3] + len(r[1]) for r in rows])) > 1
+    assert len(enc._attention_groups(enc._rows(*args, model.max_tokens))) > 1
     got = enc.encode(*args, model.max_tokens)
     np.testing.assert_allclose(got, whole_string(model, *args), atol=1e-5)
-
-
-def enc_rows(enc, model, texts, pool_from, blocks):
-    """The rows BlockEncoder.encode splits a batch into (context keys, query ids, pool mask, context)."""
-    enc_, pool = tokenize_with_query_mask(
-        model.tokenizer, texts, pool_from, model.max_tokens, keep_offsets=True
-    )
-    seg = segment_ids(enc_.pop("offset_mapping"), enc_["attention_mask"], blocks)
-    return [enc._split(enc_["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
