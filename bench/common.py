@@ -29,6 +29,28 @@ def percentile_ms(xs: list[float], p: float) -> float:
     return round(1000 * xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))], 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used, from /proc; 0.0 off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a server process and of its child processes (the encode workers) so far."""
+    children = 0.0
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                    children += cpu_seconds(int(entry.name))
+    return cpu_seconds(pid), children
+
+
 def start_server(
     data_dir: Path, env: dict[str, str], log: Path | None = None
 ) -> tuple[subprocess.Popen, str]:
