@@ -271,6 +271,11 @@ class BlockEncoder:
     def stats(self) -> dict:
         return {"entries": len(self._cache), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
 
+    def token_bytes(self) -> int:
+        """Cache bytes one context token takes: its keys and values at every layer."""
+        c = self.bert.config
+        return c.num_hidden_layers * 2 * c.hidden_size * next(self.bert.parameters()).element_size()
+
     def encode(
         self, texts: list[str], pool_from: Sequence[int], blocks: Sequence[Sequence[int]], max_length: int
     ) -> np.ndarray:

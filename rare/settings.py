@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="Memory for cached example blocks of a block-attention model, per encode worker "
         "(keys and values of each example at every layer: 1.2-1.6 MB an example for all-MiniLM-L6-v2).",
     )
+    warm_example_cache: bool = Field(
+        True,
+        description="Block-attention models: before the server reports ready, put every collection's "
+        "pool examples into each encode worker's example cache (as many as it holds), so no search pays "
+        "for a first use.",
+    )
     encode_workers: int | None = Field(
         None,
         ge=1,

@@ -165,6 +165,10 @@ def serve(
     example_cache_mb: Annotated[
         int | None, typer.Option("--example-cache-mb", help=_help("example_cache_mb"))
     ] = None,
+    warm_example_cache: Annotated[
+        bool | None,
+        typer.Option("--warm-example-cache/--no-warm-example-cache", help=_help("warm_example_cache")),
+    ] = None,
     encode_workers: Annotated[
         int | None, typer.Option("--encode-workers", help=_help("encode_workers"))
     ] = None,
@@ -197,6 +201,7 @@ def serve(
         max_query_tokens=max_query_tokens,
         pooling=pooling,
         example_cache_mb=example_cache_mb,
+        warm_example_cache=warm_example_cache,
         encode_workers=encode_workers,
         batch_tokens=batch_tokens,
         max_queue=max_queue,

@@ -30,6 +30,7 @@ import queue
 import signal
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +117,11 @@ def _serve(conn, spec: WorkerSpec) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}", stats()))
 
 
+def _batch(texts, lengths, pool_from, blocks) -> tuple:
+    """`encode_batch`'s arguments as plain lists and tuples, for the pipe."""
+    return list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks]
+
+
 @dataclass
 class _Worker:
     process: mp.process.BaseProcess
@@ -183,7 +189,7 @@ class EncodePool:
         try:
             if not w.process.is_alive():  # died while idle: replaced before it is given work
                 w = self._replace(w)
-            w.conn.send((alone, (list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks])))
+            w.conn.send((alone, _batch(texts, lengths, pool_from, blocks)))
             status, value, stats = w.conn.recv()
         except (EOFError, OSError) as exc:
             if self._closed:
@@ -201,6 +207,23 @@ class EncodePool:
         if status != "ok":
             raise EncodeWorkerError(f"encode worker failed: {value}")
         return value
+
+    def encode_on_each(self, batches: Sequence[tuple]) -> None:
+        """Run every batch (`encode`'s arguments) on every worker, the workers side by side, for what it
+        leaves in their caches. Only while nothing else uses the pool: the server calls it before it
+        serves."""
+
+        def run(w: _Worker) -> None:
+            for texts, lengths, pool_from, blocks in batches:
+                w.conn.send((False, _batch(texts, lengths, pool_from, blocks)))
+                status, value, stats = w.conn.recv()
+                if stats is not None:
+                    w.stats = stats
+                if status != "ok":
+                    raise EncodeWorkerError(f"encode worker failed: {value}")
+
+        with ThreadPoolExecutor(len(self._workers)) as ex:
+            list(ex.map(run, self._workers))
 
     def _replace(self, dead: _Worker) -> _Worker:
         log.error(

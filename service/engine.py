@@ -26,6 +26,8 @@ log = logging.getLogger("rare.service")
 
 SEARCH_BATCH = 256
 SELECT_BATCH = 256  # queries per example-selection call (BM25 over the pool's queries)
+WARM_BATCH = 64  # pool examples per batch when warming the example caches
+WARM_QUERY = "warm"  # the target query of a warm-up string: its own tokens are not cached
 
 
 class NotFoundError(LookupError):
@@ -99,6 +101,42 @@ class Engine:
         if self.pool is not None:
             self.pool.wait_ready()
             log.info("%d encode workers, %d torch threads each", workers, threads)
+        if self.augmenter.attention == "block" and s.warm_example_cache:
+            self._warm_example_caches()
+
+    def _warm_example_caches(self) -> None:
+        """Every collection's pool examples into each encode worker's example cache, as many as it holds.
+
+        Each worker has its own cache, and an example's first use runs its whole block (~15 ms a
+        SciFact example on one CPU thread): after a restart 5-example search ran at ~40 req/s until the
+        caches filled, ~160 after, and at low load one worker takes every batch, so the other's stays
+        cold until load rises. Not fatal: a failure leaves the caches to fill on use.
+        """
+        room = int(0.9 * (self.settings.example_cache_mb << 20)) // self.model.block_encoder.token_bytes()
+        items: list[AugmentedQuery] = []
+        for col in self.collections.values():
+            bare = self.augmenter.build(WARM_QUERY, [], col.manifest.instruction).tokens
+            for ex in list(col.examples.values()):
+                a = self.augmenter.build(WARM_QUERY, [ScoredExample(ex, 0.0)], col.manifest.instruction)
+                room -= a.tokens - bare  # the example's tokens (and the prefix's, for an untrained model)
+                if room < 0:
+                    break
+                if a.examples:  # else the example alone is over the query budget: never used
+                    items.append(a)
+        if not items:
+            return
+        t = time.perf_counter()
+        batches = [_columns(items[i : i + WARM_BATCH]) for i in range(0, len(items), WARM_BATCH)]
+        try:
+            if self.pool is not None:
+                self.pool.encode_on_each(batches)
+            else:
+                for b in batches:
+                    encode_batch(self.model, *b)
+        except Exception as exc:
+            log.warning("example cache warm-up failed (%s); the caches fill as examples are used", exc)
+            return
+        log.info("%d pool examples put in the example caches in %.1f s", len(items), time.perf_counter() - t)
 
     def _open(self, name: str) -> None:
         try:
@@ -230,13 +268,8 @@ class Engine:
         return await self.encode(texts, lengths, "document"), sum(lengths)
 
     async def encode_queries(self, aug: list[AugmentedQuery]) -> np.ndarray:
-        return await self.encode(
-            [a.text for a in aug],
-            [a.tokens for a in aug],
-            "query",
-            [a.pool_from for a in aug],
-            [a.blocks for a in aug],
-        )
+        texts, lengths, pool_from, blocks = _columns(aug)
+        return await self.encode(texts, lengths, "query", pool_from, blocks)
 
     def resolve_k(self, requested: int | None) -> int:
         return requested if requested is not None else default_k(self.model, self.settings.num_examples)
@@ -322,6 +355,11 @@ class Engine:
             "collections": {n: c.stats() for n, c in self.collections.items()},
             "unavailable": self.unavailable,
         }
+
+
+def _columns(aug: list[AugmentedQuery]) -> tuple[list[str], list[int], list[int], list[tuple[int, ...]]]:
+    """Augmented queries as encode's columns: texts, token counts, pooling starts, block starts."""
+    return [a.text for a in aug], [a.tokens for a in aug], [a.pool_from for a in aug], [a.blocks for a in aug]
 
 
 def _per_collection(items: list[tuple[Collection, Any, int]], call: Callable) -> list[list]:

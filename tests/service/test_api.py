@@ -261,6 +261,38 @@ def test_query_pooling_setting_reaches_search(tmp_path, data_dir, model):
     assert np.abs(docs @ full - docs @ pooled).max() > 1e-2  # the two poolings are told apart
 
 
+def cache_counts(client) -> tuple[float, float]:
+    """(hits, misses) of the block-attention example cache, from /metrics."""
+    lines = client.get("/metrics").text.splitlines()
+    found = dict(line.split()[:2] for line in lines if line.startswith("rare_example_"))
+    return float(found["rare_example_cache_hits_total"]), float(found["rare_example_cache_misses_total"])
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_pool_examples_are_cached_before_the_server_is_ready(tmp_path, data_dir, model, warm):
+    """With warming on (the default) a search whose examples come from the pool computes none of
+    them: start-up put every pool example into the cache; with it off, the search computes them."""
+    import shutil
+
+    from rare.model import RareConfig
+
+    block_dir = tmp_path / "block-model"
+    shutil.copytree(model.path, block_dir)
+    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
+    env = {"RARE_MODEL": str(block_dir), "RARE_WARM_EXAMPLE_CACHE": str(warm).lower()}
+    with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
+        pool = c.get("/info").json()["collections"]["tiny"]["examples"]
+        before = cache_counts(c)
+        r = c.post("/search", json={"query": "what makes insulin", "collection": "tiny", "num_examples": 2})
+        after = cache_counts(c)
+    assert r.status_code == 200 and r.json()["num_examples"] == 2, r.text
+    if warm:
+        assert before[1] == pool + 1, before  # every pool example and the instruction prefix
+        assert after == (before[0] + 3, before[1]), (before, after)
+    else:
+        assert before == (0.0, 0.0) and after[1] == 3, (before, after)
+
+
 def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model):
     """A model that carries attention 'block' is served through the example cache, with scores equal
     to the whole-string block forward that training runs."""
@@ -283,14 +315,18 @@ def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model)
     env = {"RARE_MODEL": str(block_dir)}  # one encoder: both searches meet the same cache
     with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
         info = c.get("/info").json()
+        warmed = cache_counts(c)
         body = {"query": query, "collection": "tiny", "top_k": 5, "examples": given}
         r = c.post("/search", json=body)
+        first = cache_counts(c)
         again = c.post("/search", json=body)
-        metrics = c.get("/metrics").text
+        second = cache_counts(c)
     assert info["rare"]["attention"] == "block" and info["rare"]["pooling"] == "query", info["rare"]
     assert r.status_code == 200 and again.json()["results"] == r.json()["results"], r.text
-    # The second search reused the instruction prefix and both examples.
-    assert "rare_example_cache_hits_total 3.0" in metrics and "rare_example_cache_misses_total 3.0" in metrics
+    # The instruction prefix was cached at start-up (with the pool); the caller's two examples were
+    # computed by the first search and reused, with the prefix, by the second.
+    assert warmed[1] >= 1 and first == (warmed[0] + 1, warmed[1] + 2), (warmed, first)
+    assert second == (first[0] + 3, first[1]), (first, second)
     exs = [ScoredExample(Example("x", g["query"], g["document"]), 0.0) for g in given]
     aug = QueryAugmenter(model, attention="block").build(
         query, exs, info["collections"]["tiny"]["instruction"]

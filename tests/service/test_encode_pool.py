@@ -74,6 +74,21 @@ def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, tmp
     assert stats["misses"] == 4 and stats["hits"] == 3 * 4 and stats["entries"] == 4, stats
 
 
+def test_encode_on_each_fills_every_workers_cache(pool_of, model, tmp_path):
+    import shutil
+
+    block_dir = tmp_path / "block-model"
+    shutil.copytree(model.path, block_dir)
+    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
+    pool = pool_of(str(block_dir))
+    a = augmented(model)[0]  # an instruction prefix and three examples
+    pool.encode_on_each([([a.text], [a.tokens], [a.pool_from], [a.blocks])])
+    assert pool.cache_stats()["entries"] == 4 * pool.size, pool.cache_stats()
+    for _ in range(3):  # and a search computes nothing more
+        pool.encode([a.text], [a.tokens], [a.pool_from], [a.blocks])
+    assert pool.cache_stats()["misses"] == 4 * pool.size, pool.cache_stats()
+
+
 def wait_exited(pid: int, timeout: float = 10.0) -> None:
     """Until `pid` is a zombie (exited, not yet reaped by its parent) or gone."""
     deadline = time.monotonic() + timeout
