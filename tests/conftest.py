@@ -58,6 +58,17 @@ def data_dir(tmp_path, tiny_collection_dir) -> Path:
     return dst
 
 
+@pytest.fixture
+def block_model_dir(tmp_path, model) -> Path:
+    """The bundled model's weights, saved as a RARe model with block attention (k=2, query pooling)."""
+    from rare.model import RareConfig
+
+    path = tmp_path / "block-model"
+    shutil.copytree(model.path, path)
+    RareConfig(k=2, attention="block", pooling="query", trained=True).save(path)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -269,17 +269,10 @@ def cache_counts(client) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("warm", [True, False])
-def test_pool_examples_are_cached_before_the_server_is_ready(tmp_path, data_dir, model, warm):
+def test_pool_examples_are_cached_before_the_server_is_ready(tmp_path, data_dir, block_model_dir, warm):
     """With warming on (the default) a search whose examples come from the pool computes none of
     them: start-up put every pool example into the cache; with it off, the search computes them."""
-    import shutil
-
-    from rare.model import RareConfig
-
-    block_dir = tmp_path / "block-model"
-    shutil.copytree(model.path, block_dir)
-    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
-    env = {"RARE_MODEL": str(block_dir), "RARE_WARM_EXAMPLE_CACHE": str(warm).lower()}
+    env = {"RARE_MODEL": str(block_model_dir), "RARE_WARM_EXAMPLE_CACHE": str(warm).lower()}
     with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
         pool = c.get("/info").json()["collections"]["tiny"]["examples"]
         before = cache_counts(c)
@@ -293,26 +286,20 @@ def test_pool_examples_are_cached_before_the_server_is_ready(tmp_path, data_dir,
         assert before == (0.0, 0.0) and after[1] == 3, (before, after)
 
 
-def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model):
+def test_block_attention_model_serves_cached_examples(tmp_path, data_dir, model, block_model_dir):
     """A model that carries attention 'block' is served through the example cache, with scores equal
     to the whole-string block forward that training runs."""
-    import shutil
-
     from rare.beir_data import doc_text
-    from rare.model import RareConfig
     from rare.prompt import Example, ScoredExample
     from rare.query import QueryAugmenter
     from tests.rare.test_block_attention import whole_string
 
-    block_dir = tmp_path / "block-model"
-    shutil.copytree(model.path, block_dir)
-    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
     query = "volcano lava"
     given = [
         {"query": "How do volcanoes erupt", "document": "Magma rises through the crust as lava."},
         {"query": "What is basalt", "document": "Basalt is a rock formed from cooled lava."},
     ]
-    env = {"RARE_MODEL": str(block_dir)}  # one encoder: both searches meet the same cache
+    env = {"RARE_MODEL": str(block_model_dir)}  # one encoder: both searches meet the same cache
     with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
         info = c.get("/info").json()
         warmed = cache_counts(c)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from rare.encoding import encode_batch
-from rare.model import RareConfig
 from rare.query import QueryAugmenter
 from service.encode_pool import EncodePool, EncodeWorkerError, WorkerSpec, plan_workers, usable_cpus
 from tests.rare.test_block_attention import augmented, whole_string
@@ -59,13 +58,8 @@ def test_workers_encode_what_the_process_encodes(pool_of, model):
     assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()
 
 
-def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, tmp_path):
-    import shutil
-
-    block_dir = tmp_path / "block-model"
-    shutil.copytree(model.path, block_dir)
-    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
-    pool = pool_of(str(block_dir))
+def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, block_model_dir):
+    pool = pool_of(str(block_model_dir))
     a = augmented(model)[0]  # an instruction prefix and three examples
     for _ in range(4):  # one call at a time: the last worker used (warm) takes each
         got = pool.encode([a.text], [a.tokens], [a.pool_from], [a.blocks])
@@ -74,13 +68,8 @@ def test_block_attention_worker_caches_and_warm_worker_first(pool_of, model, tmp
     assert stats["misses"] == 4 and stats["hits"] == 3 * 4 and stats["entries"] == 4, stats
 
 
-def test_encode_on_each_fills_every_workers_cache(pool_of, model, tmp_path):
-    import shutil
-
-    block_dir = tmp_path / "block-model"
-    shutil.copytree(model.path, block_dir)
-    RareConfig(k=2, attention="block", pooling="query", trained=True).save(block_dir)
-    pool = pool_of(str(block_dir))
+def test_encode_on_each_fills_every_workers_cache(pool_of, model, block_model_dir):
+    pool = pool_of(str(block_model_dir))
     a = augmented(model)[0]  # an instruction prefix and three examples
     pool.encode_on_each([([a.text], [a.tokens], [a.pool_from], [a.blocks])])
     assert pool.cache_stats()["entries"] == 4 * pool.size, pool.cache_stats()
