@@ -79,14 +79,17 @@ def test_encode_on_each_fills_every_workers_cache(pool_of, model, block_model_di
 
 
 def wait_exited(pid: int, timeout: float = 10.0) -> None:
-    """Until `pid` is a zombie (exited, not yet reaped by its parent) or gone."""
+    """Until `pid` is a zombie (exited, not yet reaped by its parent) or gone. A killed process's
+    main thread can show as a zombie while its other threads (torch's) are still exiting, and its parent
+    cannot reap it, nor see it dead, until they are gone: so wait for those too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            threads = len(os.listdir(f"/proc/{pid}/task"))
         except FileNotFoundError:
             return
-        if state in ("Z", "X"):
+        if state in ("Z", "X") and threads <= 1:
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still running {timeout} s after SIGKILL")
