@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     warm_example_cache: bool = Field(
         True,
         description="Block-attention models: before the server reports ready, put every collection's "
-        "pool examples into each encode worker's example cache (as many as it holds), so no search pays "
-        "for a first use.",
+        "pool examples into each encode worker's example cache (as many as 90% of it holds), so no "
+        "search pays for a first use.",
     )
     encode_workers: int | None = Field(
         None,
