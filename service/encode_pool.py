@@ -117,16 +117,23 @@ def _serve(conn, spec: WorkerSpec) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}", stats()))
 
 
-def _batch(texts, lengths, pool_from, blocks) -> tuple:
-    """`encode_batch`'s arguments as plain lists and tuples, for the pipe."""
-    return list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks]
-
-
 @dataclass
 class _Worker:
     process: mp.process.BaseProcess
     conn: object
     stats: dict = field(default_factory=dict)
+
+
+def _exchange(w: _Worker, alone: bool, texts, lengths, pool_from, blocks) -> np.ndarray:
+    """One batch on worker `w` (`encode_batch`'s arguments, as plain lists for the pipe): its
+    embeddings; the worker's cache counters are kept. A broken pipe raises EOFError or OSError."""
+    w.conn.send((alone, (list(texts), list(lengths), list(pool_from), [tuple(b) for b in blocks])))
+    status, value, stats = w.conn.recv()
+    if stats is not None:
+        w.stats = stats
+    if status != "ok":
+        raise EncodeWorkerError(f"encode worker failed: {value}")
+    return value
 
 
 class EncodePool:
@@ -189,8 +196,7 @@ class EncodePool:
         try:
             if not w.process.is_alive():  # died while idle: replaced before it is given work
                 w = self._replace(w)
-            w.conn.send((alone, _batch(texts, lengths, pool_from, blocks)))
-            status, value, stats = w.conn.recv()
+            return _exchange(w, alone, texts, lengths, pool_from, blocks)
         except (EOFError, OSError) as exc:
             if self._closed:
                 raise EncodeWorkerError("the encode workers are shut down") from exc
@@ -202,11 +208,6 @@ class EncodePool:
             ) from exc
         finally:
             self._free.put(w)
-        if stats is not None:
-            w.stats = stats
-        if status != "ok":
-            raise EncodeWorkerError(f"encode worker failed: {value}")
-        return value
 
     def encode_on_each(self, batches: Sequence[tuple]) -> None:
         """Run every batch (`encode`'s arguments) on every worker, the workers side by side, for what it
@@ -214,13 +215,8 @@ class EncodePool:
         serves."""
 
         def run(w: _Worker) -> None:
-            for texts, lengths, pool_from, blocks in batches:
-                w.conn.send((False, _batch(texts, lengths, pool_from, blocks)))
-                status, value, stats = w.conn.recv()
-                if stats is not None:
-                    w.stats = stats
-                if status != "ok":
-                    raise EncodeWorkerError(f"encode worker failed: {value}")
+            for batch in batches:
+                _exchange(w, False, *batch)
 
         with ThreadPoolExecutor(len(self._workers)) as ex:
             list(ex.map(run, self._workers))

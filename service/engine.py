@@ -115,6 +115,8 @@ class Engine:
         room = int(0.9 * (self.settings.example_cache_mb << 20)) // self.model.block_encoder.token_bytes()
         items: list[AugmentedQuery] = []
         for col in self.collections.values():
+            if room < 0:  # full: the remaining collections' examples fill on use
+                break
             bare = self.augmenter.build(WARM_QUERY, [], col.manifest.instruction).tokens
             for ex in list(col.examples.values()):
                 a = self.augmenter.build(WARM_QUERY, [ScoredExample(ex, 0.0)], col.manifest.instruction)
