@@ -307,6 +307,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         "/v1/embeddings", response_model=S.OpenAIEmbeddingResponse, tags=["embeddings"], responses=COMMON
     )
     async def openai_embeddings(body: S.OpenAIEmbeddingRequest, _: Read) -> Response:
+        dim = engine.model.dim
+        if body.dimensions not in (None, dim):
+            # Cutting an embedding short is only sound for models trained for it (Matryoshka).
+            raise ApiError(
+                422, f"this model's embeddings have {dim} dimensions: omit `dimensions` or send {dim}"
+            )
         texts = [body.input] if isinstance(body.input, str) else body.input
         vecs, tokens = await engine.encode_documents(texts)
         data = []

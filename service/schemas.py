@@ -87,11 +87,20 @@ class EmbedResponse(BaseModel):
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    # The OpenAI client sends fields this service does not use (user, dimensions): accept, ignore.
+    # The OpenAI client may send fields this service has no use for (user): accept, ignore.
     model_config = ConfigDict(extra="ignore")
     input: NonEmpty | list[NonEmpty] = Field(...)
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="The model's own size or omitted: none other")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, v):
+        # OpenAI also takes token ids; they would fail the string checks with a message naming neither.
+        if isinstance(v, int) or (isinstance(v, list) and v and not isinstance(v[0], str)):
+            raise ValueError("token arrays are not supported: send a string or a list of strings")
+        return v
 
     @field_validator("input")
     @classmethod

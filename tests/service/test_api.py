@@ -181,6 +181,23 @@ def test_bad_input_gets_a_4xx_with_a_message(http, body, status, fragment):
     assert "Traceback" not in r.text
 
 
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        ({"input": [], "model": "m"}, "1 to 2048 strings"),
+        ({"input": [[101, 2054]], "model": "m"}, "token arrays are not supported"),
+        ({"input": 101, "model": "m"}, "token arrays are not supported"),
+        ({"input": "x", "model": "m", "dimensions": 10}, "have 384 dimensions"),
+        ({"input": "x", "model": "m", "encoding_format": "int8"}, "'float' or 'base64'"),
+    ],
+)
+def test_openai_embeddings_bad_input(http, body, fragment):
+    r = http.post("/v1/embeddings", json=body)
+    assert r.status_code == 422 and fragment in r.text, r.text
+    ok = http.post("/v1/embeddings", json={"input": "x", "model": "m", "dimensions": 384})
+    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
+
+
 def test_malformed_json_and_oversize_body(http):
     r = http.post("/search", content=b"{bad json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON decode error" in r.text
