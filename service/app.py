@@ -143,7 +143,7 @@ def _errors(*codes: int) -> dict:
 
 
 # Every route may answer these; schema-valid input can still be refused (token limits, unknown collection).
-COMMON = _errors(400, 401, 413, 422, 429, 503)
+COMMON = _errors(400, 401, 413, 415, 422, 429, 503)
 WITH_404 = {**COMMON, **_errors(404)}  # routes that name a collection, document or example
 Write = Annotated[None, Depends(check_key)]
 Read = Annotated[None, Depends(read_auth)]
@@ -200,7 +200,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.add_exception_handler(exc_type, handler)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype.split(";")[0]:
+            # `curl -d` without a JSON content type: FastAPI reads no JSON, and its error would not say why.
+            return JSONResponse(
+                {"detail": f"send the body as JSON with Content-Type: application/json (got '{ctype}')"},
+                status_code=415,
+            )
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()

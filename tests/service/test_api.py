@@ -201,6 +201,10 @@ def test_openai_embeddings_bad_input(http, body, fragment):
 def test_malformed_json_and_oversize_body(http):
     r = http.post("/search", content=b"{bad json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON decode error" in r.text
+    r = http.post(
+        "/search", content=b'{"query": "x"}', headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 415 and "Content-Type: application/json" in r.text
     r = http.post("/search", json={"query": "x" * 30000, "collection": "tiny"})
     assert r.status_code == 413 and "over 20000 bytes" in r.text
 
