@@ -194,6 +194,9 @@ def test_bad_input_gets_a_4xx_with_a_message(http, body, status, fragment):
 def test_openai_embeddings_bad_input(http, body, fragment):
     r = http.post("/v1/embeddings", json=body)
     assert r.status_code == 422 and fragment in r.text, r.text
+
+
+def test_openai_embeddings_accept_the_models_own_dimensions(http):
     ok = http.post("/v1/embeddings", json={"input": "x", "model": "m", "dimensions": 384})
     assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
 
