@@ -18,7 +18,8 @@ over the queries after start-up is reported with the server's start-up time (by 
 puts the pools' examples into every worker's example cache before it is ready, as much as fits); passes
 at the highest concurrency then fill every worker's cache before the cells; each row gives the caches'
 hit rate.
-Bounded: a fixed number of requests per cell. Results: bench/results/service[-<model>].json and .md.
+Bounded: a fixed number of requests per cell. Results: bench/results/service[-<model>][-<dtype>].json
+and .md (no dtype suffix: float32).
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ def main() -> None:
     )
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument(
+        "--dtype",
+        default="auto",
+        help="number format of the server and the raw runs alike (RARE_DTYPE): auto = bfloat16 on a CPU "
+        "with AMX, else float32; results of a format other than float32 are named after it",
+    )
+    ap.add_argument(
         "--example-doc-tokens",
         default="64,32,16",
         help="per-example document budgets to measure k-example search at (the first is the default)",
@@ -143,7 +150,7 @@ def main() -> None:
     from rare.model import load_model
     from rare.query import QueryAugmenter
 
-    model = load_model(args.model, "cpu")
+    model = load_model(args.model, "cpu", args.dtype)
     if args.data_dir is None:
         args.data_dir = (
             ROOT / "var" if not args.model else ROOT / "var" / "bench-data" / Path(args.model).name
@@ -184,6 +191,7 @@ def main() -> None:
             "RARE_MAX_QUEUE": "100000",
             "RARE_LOG_LEVEL": "warning",
             "RARE_EXAMPLE_DOC_TOKENS": str(budget),
+            "RARE_DTYPE": model.dtype,
         } | ({"RARE_MODEL": str(Path(args.model).resolve())} if args.model else {})
         started = time.perf_counter()
         server, url = start_server(args.data_dir, env)
@@ -246,6 +254,7 @@ def main() -> None:
     result = {
         "model": model.name,
         "attention": model.rare.attention,
+        "dtype": model.dtype,
         "encode_workers": info["encode_workers"],
         "k": args.k,
         "mean_query_tokens": {str(k): v for k, v in tokens.items()},
@@ -255,9 +264,11 @@ def main() -> None:
         "targets": {"server_vs_raw": 0.9, "k_cost_x_max": 3.0},
     }
     stem = "service" if not args.model else f"service-{Path(args.model).name}"
+    stem += "" if model.dtype == "float32" else f"-{model.dtype}"
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"Model {model.name} (attention {model.rare.attention}, pooling {model.rare.pooling}), "
+        f"Model {model.name} (attention {model.rare.attention}, pooling {model.rare.pooling}, "
+        f"{model.dtype}), "
         f"{info['encode_workers']} encode worker(s). {len(queries)} distinct SciFact test queries: "
         f"{args.requests} requests per k-example cell, {args.plain_requests} per plain cell (the queries "
         f"cycled). Mean tokens per query string: plain {tokens['plain']}, "

@@ -11,7 +11,8 @@ def _label(r: dict) -> str:
     name = Path(r["model"]).name
     pooled = ", query-pooled" if r.get("pooling") == "query" and r["k"] else ""
     pooled += ", block attention" if r.get("attention") == "block" and r["k"] else ""
-    return f"{name} · {r['run']}" + (f" (k={r['k']}{pooled})" if r["k"] else "")
+    dtype = f" [{r['dtype']}]" if r.get("dtype", "float32") != "float32" else ""
+    return f"{name} · {r['run']}" + (f" (k={r['k']}{pooled})" if r["k"] else "") + dtype
 
 
 def _set(r: dict) -> str:

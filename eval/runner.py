@@ -41,6 +41,7 @@ class EvalConfig:
     out: Path = Path("var/eval")
     data_dir: Path = Path("var")
     device: str = "auto"
+    dtype: str = "float32"  # as load_model; the CLI passes the settings' (auto by default)
     batch_tokens: int = 16384
     max_queries: int | None = None
     pooling: Pooling | None = None  # None: each model's own
@@ -97,7 +98,7 @@ def search(corpus_emb: np.ndarray, doc_ids: list[str], qemb: np.ndarray, k: int)
 def eval_in_process(
     cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool, model_name
 ) -> list[dict]:
-    model = load_model(model_name, cfg.device)
+    model = load_model(model_name, cfg.device, cfg.dtype)
     doc_ids, corpus_emb = corpus_embeddings(
         model, ds, cfg.data_dir / "cache", batch_tokens=cfg.batch_tokens, show_progress=cfg.show_progress
     )
@@ -133,6 +134,7 @@ def eval_in_process(
                 encode_s,
                 pooling=augmenter.pooling,
                 attention=augmenter.attention,
+                dtype=model.dtype,
             )
         )
     return records
@@ -188,6 +190,7 @@ def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) 
                     mode="url",
                     pooling=info["rare"].get("pooling"),
                     attention=info["rare"].get("attention"),
+                    dtype=info["model"].get("dtype", "float32"),
                 )
             )
     return records
@@ -208,6 +211,7 @@ def _record(
     mode="in-process",
     pooling=None,
     attention=None,
+    dtype="float32",
 ) -> dict:
     return {
         "dataset": ds.name,
@@ -220,6 +224,7 @@ def _record(
         "mode": mode,
         "pooling": pooling,
         "attention": attention or "full",
+        "dtype": dtype,
         "queries": len(results),
         "mean_examples": round(float(np.mean([len(a.examples) for a in aug])) if aug else 0.0, 3),
         "mean_query_tokens": round(float(np.mean([a.tokens for a in aug])) if aug else 0.0, 1),

@@ -1,4 +1,5 @@
-"""Corpus embeddings cached per (model fingerprint, dataset, length limit): re-runs only encode queries."""
+"""Corpus embeddings cached per (model fingerprint, dataset, length limit, dtype): re-runs only encode
+queries."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def corpus_embeddings(
     path = None
     if cache_dir is not None:
         key = f"{ds.name}-{dataset_fingerprint(ds)}-{model.fingerprint}-{model.max_tokens}"
+        if model.dtype != "float32":  # float32 keys predate the setting
+            key += f"-{model.dtype}"
         path = Path(cache_dir) / f"{key}.npz"
         if path.is_file():
             try:

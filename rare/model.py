@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 # Set before transformers/huggingface_hub are imported anywhere: nothing may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
 from rare.block_attention import Attention  # noqa: E402
@@ -99,6 +101,30 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tile units (Sapphire Rapids and later): there a bf16 matmul is ~5x
+    a float32 one; on CPUs without them bf16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The number format inference runs in: `auto` is bfloat16 on a CPU with AMX, float32 elsewhere."""
+    if dtype == "auto":
+        return "bfloat16" if device == "cpu" and cpu_has_amx_bf16() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype '{dtype}' (choose auto, float32, bfloat16 or float16)")
+    if dtype == "float16" and device == "cpu":
+        raise ValueError("float16 runs on a GPU only: on CPU use bfloat16 or float32")
+    return dtype
+
+
 @dataclass
 class LoadedModel:
     """A sentence-transformers model plus what the rest of the system needs to know about it."""
@@ -108,6 +134,7 @@ class LoadedModel:
     path: str
     device: str
     rare: RareConfig
+    dtype: str = "float32"  # what the weights and activations run in (resolve_dtype)
     # Fast tokenizers keep padding/truncation state on a shared backend, so concurrent calls with other
     # settings corrupt each other's batches: model calls take `encode_lock`, and token counting has its
     # own copy of the tokenizer (`token_counter`).
@@ -133,8 +160,13 @@ class LoadedModel:
         attention (rare.block_attention). Other texts run the model's own pipeline and pooling, or,
         with `packed` on a model that allows it (`packable`), the packed forward: for batches in
         arrival order, where padding every text to the longest would waste most of the work."""
-        import numpy as np
+        out = self._encode(texts, pool_from, blocks, packed)
+        if self.dtype != "float32":
+            # Normalized in 16 bits the norms stray by up to ~1%: scores stay cosines only if redone here.
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
+    def _encode(self, texts: list[str], pool_from, blocks, packed: bool):
         n = len(texts)
         pool_from = list(pool_from) if pool_from is not None else [0] * n
         blocks = list(blocks) if blocks is not None else [()] * n
@@ -210,18 +242,14 @@ class LoadedModel:
     @cached_property
     def fingerprint(self) -> str:
         """Hash of the weights, so a collection can refuse a different model with the same name."""
-        h = hashlib.blake2b(digest_size=16)
-        state = self.st.state_dict()
-        for key in sorted(state):
-            h.update(key.encode())
-            h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+        return weights_fingerprint(self.st)
 
     def info(self) -> dict:
         return {
             "name": self.name,
             "path": self.path,
             "device": self.device,
+            "dtype": self.dtype,
             "dim": self.dim,
             "max_tokens": self.max_tokens,
             "fingerprint": self.fingerprint,
@@ -229,15 +257,28 @@ class LoadedModel:
         }
 
 
-_cache: dict[tuple[str, str], LoadedModel] = {}
+def weights_fingerprint(st) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    state = st.state_dict()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
-def load_model(name: str | None = None, device: str = "auto", *, cache: bool = True) -> LoadedModel:
-    """Load a model offline. Cached per (path, device) so tests and commands load it once."""
+def load_model(
+    name: str | None = None, device: str = "auto", dtype: str = "float32", *, cache: bool = True
+) -> LoadedModel:
+    """Load a model offline, its weights in `dtype` (resolve_dtype; float32, what training needs, unless
+    asked). Cached per (path, device, dtype) so tests and commands load it once."""
     path = resolve_model_path(name)
     dev = resolve_device(device)
-    key = (path, dev)
+    dt = resolve_dtype(dtype, dev.split(":")[0])
+    key = (path, dev, dt)
     with _cache_lock:
         if cache and key in _cache:
             return _cache[key]
@@ -251,7 +292,13 @@ def load_model(name: str | None = None, device: str = "auto", *, cache: bool = T
         except Exception as exc:
             raise ModelNotFoundError(f"could not load model from {path}: {exc}") from exc
         display = DEFAULT_MODEL_NAME if path == bundled_model_path() else (name or path)
-        loaded = LoadedModel(st=st, name=display, path=path, device=dev, rare=RareConfig.load(path))
+        loaded = LoadedModel(st=st, name=display, path=path, device=dev, rare=RareConfig.load(path), dtype=dt)
+        if dt != "float32":
+            import torch
+
+            # The fingerprint is the float32 weights': a collection indexed in one format serves in another.
+            loaded.__dict__["fingerprint"] = weights_fingerprint(st)
+            st.to(getattr(torch, dt))
         if cache:
             _cache[key] = loaded
         return loaded

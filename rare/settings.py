@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rare.model import Dtype
 from rare.pooling import Pooling
 
 SelectorName = Literal["bm25", "dense", "random"]
@@ -21,6 +22,11 @@ class Settings(BaseSettings):
         None, description="sentence-transformers model directory or id; unset = bundled all-MiniLM-L6-v2."
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N; auto picks CUDA when torch sees it.")
+    dtype: Dtype = Field(
+        "auto",
+        description="Number format the model runs in to index, serve and evaluate: auto | float32 | "
+        "bfloat16 | float16 (GPU only); auto = bfloat16 on a CPU with AMX units, float32 elsewhere.",
+    )
     host: str = Field("127.0.0.1", description="Address the server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the server listens on.")
     api_key: SecretStr | None = Field(None, description="Bearer key required for writes (and reads if set).")

@@ -29,6 +29,7 @@ def _help(field: str) -> str:
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help=_help("data_dir"))]
 Model = Annotated[str | None, typer.Option("--model", help=_help("model"))]
 Device = Annotated[str | None, typer.Option("--device", help=_help("device"))]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help=_help("dtype"))]
 NumExamples = Annotated[int | None, typer.Option("--num-examples", help=_help("num_examples"))]
 Selector = Annotated[str | None, typer.Option("--selector", help=_help("selector"))]
 ExampleDocTokens = Annotated[
@@ -57,8 +58,8 @@ def _model(s: Settings):
     from rare.model import ModelNotFoundError, load_model
 
     try:
-        return load_model(s.model, s.device)
-    except ModelNotFoundError as exc:
+        return load_model(s.model, s.device, s.dtype)
+    except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -89,6 +90,7 @@ def index(
     data_dir: DataDir = None,
     model: Model = None,
     device: Device = None,
+    dtype: DtypeOpt = None,
     batch_tokens: BatchTokens = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
@@ -98,7 +100,14 @@ def index(
     from rare.faiss_index import IndexSpecError
     from rare.indexer import index_beir, index_jsonl
 
-    s = _settings(data_dir=data_dir, model=model, device=device, batch_tokens=batch_tokens, selector=selector)
+    s = _settings(
+        data_dir=data_dir,
+        model=model,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        selector=selector,
+    )
     if (beir is None) == (documents is None and examples is None):
         _fail("give either --beir DIR or --documents/--examples JSONL files")
     # Cheap checks first: no model load for a typo.
@@ -151,6 +160,7 @@ def serve(
     data_dir: DataDir = None,
     model: Model = None,
     device: Device = None,
+    dtype: DtypeOpt = None,
     host: Annotated[str | None, typer.Option("--host", help=_help("host"))] = None,
     port: Annotated[int | None, typer.Option("--port", help=_help("port"))] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help=_help("api_key"))] = None,
@@ -184,13 +194,14 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level", help=_help("log_level"))] = None,
 ) -> None:
     """Serve search over the collections in the data directory (FastAPI + uvicorn)."""
-    from rare.model import ModelNotFoundError
+    from rare.model import ModelNotFoundError, resolve_device, resolve_dtype
     from service.server import serve as run
 
     s = _settings(
         data_dir=data_dir,
         model=model,
         device=device,
+        dtype=dtype,
         host=host,
         port=port,
         api_key=api_key,
@@ -210,6 +221,10 @@ def serve(
         cors_origins=cors_origins or None,
         log_level=log_level,
     )
+    try:
+        resolve_dtype(s.dtype, resolve_device(s.device).split(":")[0])  # refused before anything starts
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         run(s)
     except ModelNotFoundError as exc:
@@ -408,6 +423,7 @@ def evaluate(
     ] = None,
     data_dir: DataDir = None,
     device: Device = None,
+    dtype: DtypeOpt = None,
     pooling: PoolingOpt = None,
     batch_tokens: BatchTokens = None,
 ) -> None:
@@ -416,7 +432,12 @@ def evaluate(
     from rare.beir_data import DataError
 
     s = _settings(
-        data_dir=data_dir, device=device, batch_tokens=batch_tokens, api_key=api_key, pooling=pooling
+        data_dir=data_dir,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        api_key=api_key,
+        pooling=pooling,
     )
     cfg = EvalConfig(
         beir=beir,
@@ -430,6 +451,7 @@ def evaluate(
         out=out or s.data_dir / "eval",
         data_dir=s.data_dir,
         device=s.device,
+        dtype=s.dtype,
         batch_tokens=s.batch_tokens,
         max_queries=max_queries,
         pooling=s.pooling,

@@ -69,6 +69,7 @@ def plan_workers(device: str, requested: int | None) -> tuple[int, int]:
 class WorkerSpec:
     model: str  # a resolved path: workers never search for a model
     device: str
+    dtype: str
     threads: int  # torch threads while other workers are busy too: the cores shared out
     all_threads: int  # torch threads for a batch running alone: every core
     example_cache_bytes: int  # for a block-attention model's example cache
@@ -85,7 +86,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
 
     torch.set_num_threads(spec.threads)
     try:
-        model = load_model(spec.model, spec.device)
+        model = load_model(spec.model, spec.device, spec.dtype)
         block = model.rare.attention == "block"
         if block:
             model.block_encoder.cache_bytes = spec.example_cache_bytes

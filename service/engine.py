@@ -72,6 +72,7 @@ class Engine:
             spec = WorkerSpec(
                 resolve_model_path(s.model),
                 device,
+                s.dtype,
                 threads,
                 usable_cpus(),
                 s.example_cache_mb << 20,
@@ -79,7 +80,7 @@ class Engine:
             self.pool = EncodePool(spec, workers)
             self.pool.start()
         try:
-            self.model = load_model(s.model, s.device)
+            self.model = load_model(s.model, s.device, s.dtype)
             self.augmenter = QueryAugmenter(
                 self.model,
                 example_doc_tokens=s.example_doc_tokens,

@@ -16,6 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+# The suite compares server, worker and in-process embeddings to 1e-4 and below: float32 everywhere,
+# servers and `rare` subprocesses included, unless a test asks for another format (test_dtype.py).
+os.environ.setdefault("RARE_DTYPE", "float32")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "sample" / "tiny"
 SHARED = ROOT.parent / "shared" / "data" / "beir"

@@ -182,3 +182,20 @@ def test_grouped_attention_equals_the_training_forward(model):
     assert len(enc._attention_groups(enc._rows(*args, model.max_tokens))) > 1
     got = enc.encode(*args, model.max_tokens)
     np.testing.assert_allclose(got, whole_string(model, *args), atol=1e-5)
+
+
+def test_a_bfloat16_model_serves_block_texts_close_to_float32(model):
+    from rare.model import load_model
+
+    half = load_model(None, "cpu", "bfloat16")
+    augs = augmented(model)
+    args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs])
+    got = half.encode(*args)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert (got * whole_string(model, *args)).sum(1).min() > 0.99
+    # Cached keys and values in 16 bits: an example takes half the cache it takes in float32.
+    caches = [BlockEncoder(m.st) for m in (half, model)]
+    for c in caches:
+        c.encode(*args, model.max_tokens)
+    assert caches[0].stats()["entries"] == caches[1].stats()["entries"] == 7
+    assert caches[0].stats()["bytes"] * 2 == caches[1].stats()["bytes"]

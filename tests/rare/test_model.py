@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from rare.encoding import encode_batch, encode_texts, plan_batches, split_by_length, token_lengths
-from rare.model import ModelNotFoundError, RareConfig, resolve_model_path
+from rare.model import (
+    ModelNotFoundError,
+    RareConfig,
+    cpu_has_amx_bf16,
+    load_model,
+    resolve_dtype,
+    resolve_model_path,
+)
 
 
 def test_default_model_loads_offline_384_dims_normalized(model):
@@ -126,3 +133,28 @@ def test_token_counting_in_threads_does_not_corrupt_concurrent_batches(model):
             assert f.result() > 0
         for f in encs:
             np.testing.assert_allclose(f.result(), ref, atol=1e-5)
+
+
+def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_amx():
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_amx_bf16() else "float32")
+    assert resolve_dtype("auto", "cuda") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float16", "cuda") == "float16"
+    with pytest.raises(ValueError, match="GPU only"):
+        resolve_dtype("float16", "cpu")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int4", "cpu")
+
+
+def test_a_bfloat16_model_keeps_its_fingerprint_and_gives_unit_cosine_vectors(model):
+    half = load_model(None, "cpu", "bfloat16")
+    assert half is not model and half.dtype == "bfloat16" and model.dtype == "float32"
+    assert {str(p.dtype) for p in half.st.parameters()} == {"torch.bfloat16"}
+    assert {str(p.dtype) for p in model.st.parameters()} == {"torch.float32"}  # the shared one: untouched
+    # A collection indexed in one format opens with the model in another: the same weights.
+    assert half.fingerprint == model.fingerprint and half.info()["dtype"] == "bfloat16"
+    texts = ["insulin is made in the pancreas", "glaciers carve valleys", "x " * 300]
+    got, ref = encode_texts(half, texts), encode_texts(model, texts)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert (got * ref).sum(1).min() > 0.99
+    assert (got[0] @ ref.T).argmax() == 0 and (got[1] @ ref.T).argmax() == 1

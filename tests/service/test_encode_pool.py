@@ -28,7 +28,7 @@ def pool_of():
     pools: list[EncodePool] = []
 
     def make(model_path: str, size: int = 2) -> EncodePool:
-        pool = EncodePool(WorkerSpec(model_path, "cpu", 1, 2, 64 << 20), size)
+        pool = EncodePool(WorkerSpec(model_path, "cpu", "float32", 1, 2, 64 << 20), size)
         pools.append(pool)
         pool.start()
         pool.wait_ready()
@@ -130,7 +130,7 @@ def test_a_worker_dying_mid_batch_fails_that_batch_only(pool_of, model):
 def test_a_worker_that_cannot_load_refuses_the_start(tmp_path):
     bad = tmp_path / "no-model"
     bad.mkdir()
-    pool = EncodePool(WorkerSpec(str(bad), "cpu", 1, 2, 0), 2)
+    pool = EncodePool(WorkerSpec(str(bad), "cpu", "float32", 1, 2, 0), 2)
     pool.start()
     with pytest.raises(EncodeWorkerError, match="failed to start"):
         pool.wait_ready()
