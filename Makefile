@@ -50,7 +50,7 @@ bench-load: install
 	$(PY) bench/load.py
 
 eval-headline: install
-	$(RARE) eval --beir $(BEIR)/scifact --beir $(BEIR)/nfcorpus --runs plain,rare
+	$(RARE) eval --beir $(BEIR)/scifact --beir $(BEIR)/nfcorpus --runs plain,rare --dtype float32
 
 compose-config:
 	docker compose -f docker/compose.yml config --quiet

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import OUT  # noqa: E402
 from rare.encoding import encode_batch  # noqa: E402
+from rare.prompt import encode_columns  # noqa: E402
 
 FORMATS = ("float32", "bfloat16")
 
@@ -140,13 +141,7 @@ def _serve(model, augs: list, batch_size: int) -> None:
     """Arrival-order batches through the server's encode call (packed where the model allows)."""
     for start in range(0, len(augs), batch_size):
         part = augs[start : start + batch_size]
-        encode_batch(
-            model,
-            [a.text for a in part],
-            [a.tokens for a in part],
-            [a.pool_from for a in part],
-            [a.blocks for a in part],
-        )
+        encode_batch(model, *encode_columns(part))
 
 
 if __name__ == "__main__":

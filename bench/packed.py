@@ -45,6 +45,7 @@ def main() -> None:
     from rare.encoding import encode_batch
     from rare.model import load_model
     from rare.pool import pool_from_beir
+    from rare.prompt import encode_columns
     from rare.query import QueryAugmenter
     from rare.selection import make_selector
 
@@ -72,13 +73,7 @@ def main() -> None:
             t = time.process_time()
             for s in range(0, len(order), size):
                 part = [built[i] for i in order[s : s + size]]
-                encode_batch(
-                    model,
-                    [a.text for a in part],
-                    [a.tokens for a in part],
-                    [a.pool_from for a in part],
-                    [a.blocks for a in part],
-                )
+                encode_batch(model, *encode_columns(part))
             return 1000 * (time.process_time() - t) / len(order)
 
         cpu_ms(32, False)  # warm: caches filled, allocator settled

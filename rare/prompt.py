@@ -87,6 +87,14 @@ class AugmentedQuery:
     blocks: tuple[int, ...] = ()  # block_starts under block attention (rare.block_attention), else ()
 
 
+def encode_columns(
+    aug: list[AugmentedQuery],
+) -> tuple[list[str], list[int], list[int], list[tuple[int, ...]]]:
+    """Augmented queries as rare.encoding.encode_batch's columns: texts, token counts, pooling starts,
+    block starts."""
+    return [a.text for a in aug], [a.tokens for a in aug], [a.pool_from for a in aug], [a.blocks for a in aug]
+
+
 class PromptBuilder:
     """Builds augmented queries within a token budget, using the model's own tokenizer (or a
     `TokenCounter` over it, to share one)."""

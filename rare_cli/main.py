@@ -298,6 +298,14 @@ def train(
         ),
     ] = "full",
     forgetting_aware: Annotated[bool, typer.Option("--forgetting-aware/--no-forgetting-aware")] = False,
+    mixed_precision: Annotated[
+        bool | None,
+        typer.Option(
+            "--mixed-precision/--float32",
+            help="bf16 (fp16 where a GPU lacks it) autocast; default: on with CUDA, off on CPU, where it "
+            "pays only with AMX units (Sapphire Rapids and later).",
+        ),
+    ] = None,
     forgetting_temperature: Annotated[
         float,
         typer.Option(
@@ -354,6 +362,7 @@ def train(
             pooling=pooling,
             attention=attention,
             forgetting_aware=forgetting_aware,
+            mixed_precision=mixed_precision,
             forgetting_temperature=forgetting_temperature,
             doc_tokens=doc_tokens,
             example_doc_tokens=s.example_doc_tokens or 64,

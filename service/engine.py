@@ -15,7 +15,7 @@ from rare.collection import Collection, CollectionError, list_collections, valid
 from rare.encoding import encode_batch, token_lengths
 from rare.model import LoadedModel, load_model, resolve_device, resolve_model_path
 from rare.pool import example_id
-from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExample
+from rare.prompt import FORMAT_DESCRIPTION, AugmentedQuery, Example, ScoredExample, encode_columns
 from rare.query import QueryAugmenter, default_k
 from rare.settings import Settings
 from service.batching import MicroBatcher
@@ -129,7 +129,7 @@ class Engine:
         if not items:
             return
         t = time.perf_counter()
-        batches = [_columns(items[i : i + WARM_BATCH]) for i in range(0, len(items), WARM_BATCH)]
+        batches = [encode_columns(items[i : i + WARM_BATCH]) for i in range(0, len(items), WARM_BATCH)]
         try:
             if self.pool is not None:
                 self.pool.encode_on_each(batches)
@@ -271,7 +271,7 @@ class Engine:
         return await self.encode(texts, lengths, "document"), sum(lengths)
 
     async def encode_queries(self, aug: list[AugmentedQuery]) -> np.ndarray:
-        texts, lengths, pool_from, blocks = _columns(aug)
+        texts, lengths, pool_from, blocks = encode_columns(aug)
         return await self.encode(texts, lengths, "query", pool_from, blocks)
 
     def resolve_k(self, requested: int | None) -> int:
@@ -358,11 +358,6 @@ class Engine:
             "collections": {n: c.stats() for n, c in self.collections.items()},
             "unavailable": self.unavailable,
         }
-
-
-def _columns(aug: list[AugmentedQuery]) -> tuple[list[str], list[int], list[int], list[tuple[int, ...]]]:
-    """Augmented queries as encode's columns: texts, token counts, pooling starts, block starts."""
-    return [a.text for a in aug], [a.tokens for a in aug], [a.pool_from for a in aug], [a.blocks for a in aug]
 
 
 def _per_collection(items: list[tuple[Collection, Any, int]], call: Callable) -> list[list]:

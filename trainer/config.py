@@ -17,6 +17,9 @@ class TrainConfig(BaseModel):
     output: Path
     model: str | None = None
     device: str = "auto"
+    # None: mixed precision on CUDA (bf16 where supported, else fp16), float32 on CPU; True on CPU is
+    # bf16 autocast, which pays on a CPU with AMX units (rare.model.cpu_has_amx_bf16).
+    mixed_precision: bool | None = None
     k: int = Field(5, ge=0, le=32)
     selector: Literal["bm25", "dense", "random"] = "bm25"
     plain_fraction: float = Field(0.3, ge=0.0, le=1.0)

@@ -59,6 +59,7 @@ def run_training(cfg: TrainConfig) -> dict:
 
     ckpt = checkpoint_dir(cfg.output)
     cuda = model.device.startswith("cuda")
+    mixed = cuda if cfg.mixed_precision is None else cfg.mixed_precision
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt),
         num_train_epochs=cfg.epochs,
@@ -74,8 +75,9 @@ def run_training(cfg: TrainConfig) -> dict:
         save_total_limit=2,
         logging_steps=max(1, min(10, cfg.save_steps)),
         report_to="none",
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        bf16=mixed and (not cuda or torch.cuda.is_bf16_supported()),
+        fp16=mixed and cuda and not torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
         disable_tqdm=not cfg.show_progress,
         dataloader_num_workers=0,
     )
@@ -123,6 +125,7 @@ def run_training(cfg: TrainConfig) -> dict:
             "lr": cfg.lr,
             "doc_tokens": cfg.doc_tokens,
             "seed": cfg.seed,
+            "precision": ("bf16" if args.bf16 else "fp16") if mixed else "float32",
         },
     )
     write_model_dir(model.st, rare, cfg.output)

@@ -137,11 +137,23 @@ def test_overfit_lowers_the_loss_and_model_reloads_with_its_settings(tmp_path, t
     trained = load_model(str(c.output), "cpu", cache=False)
     assert trained.rare.trained and trained.rare.k == 2 and trained.rare.selector == "bm25"
     assert trained.rare.max_query_tokens == 256 and trained.rare.training["datasets"] == ["tiny"]
+    assert trained.rare.training["precision"] == "float32"  # CPU: no autocast unless asked
     assert trained.fingerprint != model.fingerprint
     after = corpus_loss(trained, tiny_dir, samples)
     assert after < 0.7 * before, (before, after)
     assert not checkpoint_dir(c.output).exists()
     assert load_model(None, "cpu").fingerprint == model.fingerprint  # the shared base model is untouched
+
+
+def test_mixed_precision_on_cpu_trains_and_saves_float32_weights(tmp_path, tiny_dir, model):
+    c = cfg(tmp_path, tiny_dir, max_steps=8, mixed_precision=True)
+    samples = build_samples(c, model, load_sources(c, model))
+    before = corpus_loss(model, tiny_dir, samples)
+    run_training(c)
+    trained = load_model(str(c.output), "cpu", cache=False)
+    assert trained.rare.training["precision"] == "bf16"
+    assert {str(p.dtype) for p in trained.st.parameters()} == {"torch.float32"}  # autocast, not a cast
+    assert corpus_loss(trained, tiny_dir, samples) < 0.7 * before
 
 
 def test_query_pooling_batches_and_training(tmp_path, tiny_dir, model):
