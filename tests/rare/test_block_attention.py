@@ -16,6 +16,7 @@ from rare.block_attention import (
     attention_groups,
     bert_of,
     block_forward,
+    plain_linear,
     segment_ids,
 )
 from rare.pooling import masked_mean, tokenize_with_query_mask
@@ -199,3 +200,18 @@ def test_a_bfloat16_model_serves_block_texts_close_to_float32(model):
         c.encode(*args, model.max_tokens)
     assert caches[0].stats()["entries"] == caches[1].stats()["entries"] == 7
     assert caches[0].stats()["bytes"] * 2 == caches[1].stats()["bytes"]
+
+
+def test_prepacked_bfloat16_linears_change_nothing_but_rounding(model):
+    from rare.model import load_model
+
+    half = load_model(None, "cpu", "bfloat16")
+    augs = augmented(model)
+    args = ([a.text for a in augs], [a.pool_from for a in augs], [a.blocks for a in augs], model.max_tokens)
+    packed, plain = BlockEncoder(half.st), BlockEncoder(half.st)
+    assert packed.linear is not plain_linear  # the dense layers go through oneDNN's prepacked weights
+    plain.linear = plain_linear
+    # The same products, but oneDNN may block the sums differently: bf16 rounding apart, no more.
+    got, ref = packed.encode(*args), plain.encode(*args)
+    assert (got * ref).sum(1).min() > 0.9999, (got * ref).sum(1)
+    assert BlockEncoder(model.st).linear is plain_linear  # float32: the modules themselves
