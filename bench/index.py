@@ -5,7 +5,7 @@
 The indexer path is the whole `rare index` work on a fresh collection (length-sorted token-budget batches,
 FAISS add, atomic snapshot); raw is sentence-transformers' `encode` with its default batch size. Runs
 alternate (raw, indexer, raw, indexer) and the best of each counts, so machine noise hits both alike.
-Target: indexer >= 0.95x raw. Results: bench/results/index.json and .md.
+Target: indexer >= 0.95x raw. Results: bench/results/index[-<dtype>].json and .md (no suffix: float32).
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="documents per dataset (0 = all)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--dtype", default="auto", help="number format of both paths, as `rare index --dtype` (RARE_DTYPE)"
+    )
     args = ap.parse_args()
 
-    model = load_model(None, args.device)
+    model = load_model(None, args.device, args.dtype)
     model.st.encode(["warm up"] * 8)
     rows = []
     for folder in args.beir:
@@ -73,17 +76,22 @@ def main() -> None:
         "machine": platform.machine(),
         "cpus": __import__("os").cpu_count(),
         "device": model.device,
+        "dtype": model.dtype,
         "model": model.name,
         "target_ratio": 0.95,
     }
-    (OUT / "index.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["| dataset | docs | raw encode docs/s | indexer docs/s | ratio |", "|---|---|---|---|---|"]
+    stem = "index" if model.dtype == "float32" else f"index-{model.dtype}"
+    (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        "| dataset | dtype | docs | raw encode docs/s | indexer docs/s | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {r['dataset']} | {r['documents']} | {r['raw_docs_per_s']} | {r['indexer_docs_per_s']} | "
-        f"{r['ratio']} |"
+        f"| {r['dataset']} | {model.dtype} | {r['documents']} | {r['raw_docs_per_s']} | "
+        f"{r['indexer_docs_per_s']} | {r['ratio']} |"
         for r in rows
     ]
-    (OUT / "index.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -15,7 +15,7 @@ from eval.pools import EvalPool, eval_pool
 from eval.report import write_chart, write_table
 from rare.beir_data import BeirDataset, load_beir
 from rare.cache import corpus_embeddings
-from rare.encoding import encode_texts
+from rare.encoding import DEFAULT_BATCH_TOKENS, encode_texts
 from rare.instructions import instruction_for
 from rare.model import LoadedModel, load_model
 from rare.pooling import Pooling
@@ -42,7 +42,7 @@ class EvalConfig:
     data_dir: Path = Path("var")
     device: str = "auto"
     dtype: str = "float32"  # as load_model; the CLI passes the settings' (auto by default)
-    batch_tokens: int = 16384
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
     max_queries: int | None = None
     pooling: Pooling | None = None  # None: each model's own
     show_progress: bool = True

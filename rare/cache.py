@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rare.beir_data import BeirDataset, corpus_file
-from rare.encoding import encode_texts
+from rare.encoding import DEFAULT_BATCH_TOKENS, encode_texts
 from rare.model import LoadedModel
 from rare.storage import atomic_write_bytes
 
@@ -27,7 +27,7 @@ def corpus_embeddings(
     ds: BeirDataset,
     cache_dir: Path | None,
     *,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
 ) -> tuple[list[str], np.ndarray]:
     """(doc ids, normalized embeddings) of the whole corpus, from the cache when it matches."""

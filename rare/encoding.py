@@ -18,6 +18,12 @@ def token_lengths(model: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     return np.minimum(np.asarray(model.token_counter.counts(texts), dtype=np.int64), model.max_tokens)
 
 
+# Padded tokens a bulk encode batch may hold (RARE_BATCH_TOKENS): ~16 documents of 256 tokens. On these
+# 2 cores 1000 SciFact documents encoded at 42-48 docs/s in float32 and 139-143 in bfloat16 with 4096,
+# against 39 and 102-105 with 16384 (larger activations fall out of the caches).
+DEFAULT_BATCH_TOKENS = 4096
+
+
 def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     """Index batches, longest first, each within `batch_tokens` padded tokens (at least one text)."""
     order = np.argsort(-lengths, kind="stable")
@@ -77,7 +83,7 @@ def encode_texts(
     model: LoadedModel,
     texts: Sequence[str],
     *,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = False,
     desc: str = "encoding",
     pool_from: Sequence[int] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rare.beir_data import DataError, doc_text, iter_jsonl, load_beir, pool_split
 from rare.collection import Collection, collections_root
-from rare.encoding import encode_texts
+from rare.encoding import DEFAULT_BATCH_TOKENS, encode_texts
 from rare.instructions import instruction_for
 from rare.model import LoadedModel
 from rare.pool import pool_from_beir, pool_from_jsonl
@@ -45,7 +45,7 @@ def add_to_collection(
     docs: Sequence[DocTuple],
     examples: Sequence[Example] = (),
     *,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
 ) -> dict:
     """Encode only documents that are new or changed, add them and the examples, then snapshot."""
@@ -83,7 +83,7 @@ def index_beir(
     index_spec: str = "Flat",
     instruction: str | None = None,
     selector: str | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
 ) -> dict:
     ds = load_beir(beir_dir)
@@ -116,7 +116,7 @@ def index_jsonl(
     index_spec: str = "Flat",
     instruction: str | None = None,
     selector: str | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     show_progress: bool = True,
 ) -> dict:
     docs = read_documents(documents) if documents else []

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rare.encoding import DEFAULT_BATCH_TOKENS
 from rare.model import Dtype
 from rare.pooling import Pooling
 
@@ -67,7 +68,9 @@ class Settings(BaseSettings):
         description="Processes that run the server's model, sharing the CPU cores; 1 runs it in the "
         "server's own process; unset = one per CPU core up to 4 on CPU, 1 on a GPU.",
     )
-    batch_tokens: int = Field(16384, ge=256, description="Padded-token budget of one encode batch.")
+    batch_tokens: int = Field(
+        DEFAULT_BATCH_TOKENS, ge=256, description="Padded-token budget of one encode batch."
+    )
     max_queue: int = Field(512, ge=1, description="Queued texts past which the server answers 429.")
     max_body_bytes: int = Field(
         4_000_000, ge=1024, description="Largest request body accepted (413 past it)."
