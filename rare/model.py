@@ -115,7 +115,9 @@ def cpu_has_amx_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """The number format inference runs in: `auto` is bfloat16 on a CPU with AMX, float32 elsewhere."""
+    """The number format inference runs in on `device` (cpu, cuda, cuda:N): `auto` is bfloat16 on a CPU
+    with AMX, float32 elsewhere."""
+    device = device.split(":")[0]
     if dtype == "auto":
         return "bfloat16" if device == "cpu" and cpu_has_amx_bf16() else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -277,7 +279,7 @@ def load_model(
     asked). Cached per (path, device, dtype) so tests and commands load it once."""
     path = resolve_model_path(name)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev.split(":")[0])
+    dt = resolve_dtype(dtype, dev)
     key = (path, dev, dt)
     with _cache_lock:
         if cache and key in _cache:

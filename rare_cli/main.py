@@ -222,7 +222,7 @@ def serve(
         log_level=log_level,
     )
     try:
-        resolve_dtype(s.dtype, resolve_device(s.device).split(":")[0])  # refused before anything starts
+        resolve_dtype(s.dtype, resolve_device(s.device))  # refused before anything starts
     except ValueError as exc:
         _fail(str(exc))
     try:

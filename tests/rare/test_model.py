@@ -137,7 +137,7 @@ def test_token_counting_in_threads_does_not_corrupt_concurrent_batches(model):
 
 def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_amx():
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_amx_bf16() else "float32")
-    assert resolve_dtype("auto", "cuda") == "float32"
+    assert resolve_dtype("auto", "cuda") == resolve_dtype("auto", "cuda:1") == "float32"
     assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float16", "cuda") == "float16"
     with pytest.raises(ValueError, match="GPU only"):
         resolve_dtype("float16", "cpu")
