@@ -43,6 +43,7 @@ def main() -> None:
     import torch
 
     from eval.metrics import evaluate
+    from eval.runner import search
     from rare.beir_data import load_beir
     from rare.encoding import encode_texts
     from rare.model import cpu_has_amx_bf16, load_model
@@ -75,17 +76,14 @@ def main() -> None:
             rows[dt][f"queries_per_s_batch_{bs}"] = round(len(aug) / (time.perf_counter() - t), 1)
     torch.set_num_threads(threads)
 
+    hits = {}  # per format, each query's top 100 best first (eval's exact search)
     for dt in FORMATS:
-        scores = queries[dt] @ corpus[dt].T
-        results = {}
-        for i, qid in enumerate(test):
-            top = np.argpartition(-scores[i], 100)[:100]
-            results[qid] = {ids[j]: float(scores[i, j]) for j in top}
+        hits[dt] = search(corpus[dt], ids, queries[dt], 100)
+        results = dict(zip(test, hits[dt], strict=True))
         rows[dt]["ndcg@10"] = round(100 * evaluate(ds.split("test"), results)["ndcg@10"], 2)
     cos = np.sum(corpus["float32"] * corpus["bfloat16"], axis=1)
-    top10 = {dt: np.argsort(-(queries[dt] @ corpus[dt].T), axis=1)[:, :10] for dt in FORMATS}
     overlap = np.mean(
-        [len(set(a) & set(b)) / 10 for a, b in zip(top10["float32"], top10["bfloat16"], strict=True)]
+        [len(set(list(a)[:10]) & set(list(b)[:10])) / 10 for a, b in zip(*hits.values(), strict=True)]
     )
     agreement = {
         "document_cosine_mean": round(float(cos.mean()), 5),
