@@ -84,10 +84,9 @@ def augment_queries(
 
 
 def search(corpus_emb: np.ndarray, doc_ids: list[str], qemb: np.ndarray, k: int) -> list[dict[str, float]]:
-    import faiss
+    from rare.faiss_index import flat_ip
 
-    index = faiss.IndexFlatIP(corpus_emb.shape[1])
-    index.add(np.ascontiguousarray(corpus_emb, dtype=np.float32))
+    index = flat_ip(corpus_emb)
     scores, idx = index.search(np.ascontiguousarray(qemb, dtype=np.float32), min(k, len(doc_ids)))
     return [
         {doc_ids[i]: float(s) for s, i in zip(rs, ri, strict=True) if i >= 0}

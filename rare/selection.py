@@ -110,7 +110,7 @@ class DenseSelector(Selector):
 
     def __init__(self, examples: Sequence[Example], embed: Embed, embeddings: np.ndarray | None = None):
         super().__init__(examples)
-        import faiss
+        from rare.faiss_index import flat_ip
 
         self._embed = embed
         if embeddings is None:
@@ -118,8 +118,7 @@ class DenseSelector(Selector):
         self.embeddings = embeddings
         self._index = None
         if embeddings is not None and len(embeddings):
-            self._index = faiss.IndexFlatIP(embeddings.shape[1])
-            self._index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+            self._index = flat_ip(embeddings)
 
     def _candidates(self, queries: list[str], n: int) -> list[list[tuple[int, float]]]:
         q = np.ascontiguousarray(self._embed(queries), dtype=np.float32)
