@@ -8,8 +8,9 @@ query encode rate at serving batch sizes on one torch thread (what each encode w
 its packed path, the queries as the server builds them with no examples), nDCG@10 of exact search over
 the test split (corpus and queries both in that format), and how far bfloat16's vectors are from
 float32's. The query rates alternate between the formats batch size by batch size, since this
-machine's speed drifts within minutes. bfloat16 pays only on a CPU with AMX units, where `--dtype auto`
-picks it (rare.model.resolve_dtype); elsewhere it is emulated and slower than float32.
+machine's speed drifts within minutes. bfloat16 pays on a CPU with native bf16 instructions (AMX or
+AVX512-BF16), where `--dtype auto` picks it (rare.model.cpu_bf16_unit); elsewhere it is emulated and
+slower than float32. BENCH_OUT=DIR writes the results there instead (another kind of machine).
 Results: bench/results/dtype-<dataset>[-<model>].json and .md.
 """
 
@@ -46,7 +47,7 @@ def main() -> None:
     from eval.runner import search
     from rare.beir_data import load_beir
     from rare.encoding import encode_texts
-    from rare.model import cpu_has_amx_bf16, load_model
+    from rare.model import cpu_bf16_unit, load_model
     from rare.query import QueryAugmenter
 
     ds = load_beir(args.beir, ["test"])
@@ -95,19 +96,19 @@ def main() -> None:
     result = {
         "dataset": ds.name,
         "model": name,
-        "amx_bf16": cpu_has_amx_bf16(),
+        "bf16_unit": cpu_bf16_unit(),
         "torch_threads_corpus": threads,
         "rows": list(rows.values()),
         "agreement": agreement,
     }
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     stem = f"dtype-{ds.name}" + (f"-{Path(args.model).name}" if args.model else "")
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sizes = [k for k in rows["float32"] if k.startswith("queries_per_s")]
     lines = [
-        f"{name} on {ds.name} ({len(docs)} documents, {len(test)} test queries), in-process; CPU with AMX "
-        f"bf16 units: {result['amx_bf16']}. Corpus: {threads} torch threads; queries: 1 thread (an encode "
-        "worker), batches of the sizes shown.",
+        f"{name} on {ds.name} ({len(docs)} documents, {len(test)} test queries), in-process; the CPU's "
+        f"bf16 instructions: {result['bf16_unit'] or 'none'}. Corpus: {threads} torch threads; queries: 1 "
+        "thread (an encode worker), batches of the sizes shown.",
         "",
         "| dtype | corpus docs/s | "
         + " | ".join(f"queries/s, batch {k.rsplit('_', 1)[1]}" for k in sizes)

@@ -83,7 +83,7 @@ def main() -> None:
         "server_tracebacks": server_log.count("Traceback"),
         "summary": "\n".join(output.strip().splitlines()[-25:]),
     }
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "fuzz.md").write_text(
         f"schemathesis: exit {run.returncode}, {requests} requests seen by the server "

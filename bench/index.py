@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import OUT  # noqa: E402
 from rare.beir_data import load_beir  # noqa: E402
 from rare.collection import Collection  # noqa: E402
 from rare.indexer import add_to_collection  # noqa: E402
 from rare.model import load_model  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.machine(),
         "cpus": __import__("os").cpu_count(),

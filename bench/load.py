@@ -182,7 +182,7 @@ def main() -> None:
             and set(res["status"]) <= {200, 404, 429},
         }
     )
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "load.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [
         f"{res['requests']} requests at concurrency {args.concurrency} in {res['seconds']} s: "

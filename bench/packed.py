@@ -104,7 +104,7 @@ def main() -> None:
         by = {r["batches"]: r[how] for r in rows if r["queries"] == kind}
         return f"{by['arrival 16'] / by['sorted 32']:.3f} / {by['arrival 32'] / by['sorted 32']:.3f}"
 
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     stem = "packed" if not args.model else f"packed-{Path(args.model).name}"
     result = {"model": model.name, "attention": model.rare.attention, "k": args.k, "rows": rows}
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

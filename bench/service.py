@@ -19,7 +19,7 @@ puts the pools' examples into every worker's example cache before it is ready, a
 at the highest concurrency then fill every worker's cache before the cells; each row gives the caches'
 hit rate.
 Bounded: a fixed number of requests per cell. Results: bench/results/service[-<model>][-<dtype>].json
-and .md (no dtype suffix: float32).
+and .md (no dtype suffix: float32; with BENCH_OUT=DIR, under DIR instead).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main() -> None:
         "--dtype",
         default="auto",
         help="number format of the server and the raw runs alike (RARE_DTYPE): auto = bfloat16 on a CPU "
-        "with AMX, else float32; results of a format other than float32 are named after it",
+        "with AMX or AVX512-BF16, else float32; results of a format other than float32 are named after it",
     )
     ap.add_argument(
         "--example-doc-tokens",
@@ -250,7 +250,7 @@ def main() -> None:
                     "k_latency_x": round(a["p50_ms"] / p["p50_ms"], 2),
                 }
             )
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     result = {
         "model": model.name,
         "attention": model.rare.attention,

@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     dtype: Dtype = Field(
         "auto",
         description="Number format the model runs in to index, serve and evaluate: auto | float32 | "
-        "bfloat16 | float16 (GPU only); auto = bfloat16 on a CPU with AMX units, float32 elsewhere.",
+        "bfloat16 | float16 (GPU only); auto = bfloat16 on a CPU with native bf16 (AMX or AVX512-BF16), "
+        "float32 elsewhere.",
     )
     host: str = Field("127.0.0.1", description="Address the server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the server listens on.")

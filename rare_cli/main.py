@@ -303,7 +303,7 @@ def train(
         typer.Option(
             "--mixed-precision/--float32",
             help="bf16 (fp16 where a GPU lacks it) autocast; default: on with CUDA, off on CPU, where it "
-            "pays only with AMX units (Sapphire Rapids and later).",
+            "was measured to pay with AMX units (Sapphire Rapids and later).",
         ),
     ] = None,
     forgetting_temperature: Annotated[

@@ -9,7 +9,7 @@ from rare.encoding import encode_batch, encode_texts, plan_batches, split_by_len
 from rare.model import (
     ModelNotFoundError,
     RareConfig,
-    cpu_has_amx_bf16,
+    cpu_bf16_unit,
     load_model,
     resolve_dtype,
     resolve_model_path,
@@ -135,8 +135,21 @@ def test_token_counting_in_threads_does_not_corrupt_concurrent_batches(model):
             np.testing.assert_allclose(f.result(), ref, atol=1e-5)
 
 
-def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_amx():
-    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_amx_bf16() else "float32")
+def test_cpu_bf16_unit_reads_the_flags_line(tmp_path):
+    def unit(text: str) -> str | None:
+        (tmp_path / "cpuinfo").write_text(text)
+        return cpu_bf16_unit(str(tmp_path / "cpuinfo"))
+
+    base = "processor\t: 0\nmodel name\t: x\nflags\t\t: fpu sse avx2 avx512f"
+    assert unit(base + "\n") is None
+    assert unit(base + " avx512_bf16 avx512_vnni\n") == "avx512_bf16"
+    assert unit(base + " avx512_bf16 amx_bf16 amx_tile\n") == "amx_bf16"
+    assert unit("model name\t: has avx512_bf16 in its name\nflags\t: fpu\n") is None  # flags only
+    assert unit("") is None and cpu_bf16_unit(str(tmp_path / "missing")) is None
+
+
+def test_dtype_auto_is_bfloat16_only_on_a_cpu_with_native_bf16():
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_bf16_unit() else "float32")
     assert resolve_dtype("auto", "cuda") == resolve_dtype("auto", "cuda:1") == "float32"
     assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float16", "cuda") == "float16"
     with pytest.raises(ValueError, match="GPU only"):

@@ -1,5 +1,5 @@
-"""A server in bfloat16 (RARE_DTYPE; `auto` picks it on a CPU with AMX): its encode workers run the model
-in that format, and its vectors stay unit cosines close to float32's."""
+"""A server in bfloat16 (RARE_DTYPE; `auto` picks it on a CPU with native bf16): its encode workers run the
+model in that format, and its vectors stay unit cosines close to float32's."""
 
 from __future__ import annotations
 
