@@ -302,8 +302,8 @@ def train(
         bool | None,
         typer.Option(
             "--mixed-precision/--float32",
-            help="bf16 (fp16 where a GPU lacks it) autocast; default: on with CUDA, off on CPU, where it "
-            "was measured to pay with AMX units (Sapphire Rapids and later).",
+            help="bf16 (fp16 where a GPU lacks it) autocast; default: on with CUDA, off on CPU (where it "
+            "pays with AMX or AVX512-BF16; off keeps the README's recipes exact).",
         ),
     ] = None,
     forgetting_temperature: Annotated[

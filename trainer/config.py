@@ -18,7 +18,7 @@ class TrainConfig(BaseModel):
     model: str | None = None
     device: str = "auto"
     # None: mixed precision on CUDA (bf16 where supported, else fp16), float32 on CPU; True on CPU is
-    # bf16 autocast, measured to pay on a CPU with AMX units (rare.model.cpu_bf16_unit).
+    # bf16 autocast, measured to pay on a CPU with AMX or AVX512-BF16 (rare.model.cpu_bf16_unit).
     mixed_precision: bool | None = None
     k: int = Field(5, ge=0, le=32)
     selector: Literal["bm25", "dense", "random"] = "bm25"
