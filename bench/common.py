@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -14,6 +15,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_OUT: results from another kind of machine go beside, not over, the reference ones.
 OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "results").resolve()
+
+
+def machine() -> dict:
+    """What a result was measured on: runs on different CPUs are not comparable."""
+    from rare.model import cpu_bf16_unit
+
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": name, "cpus": cpus, "bf16_unit": cpu_bf16_unit()}
+
+
+def machine_line(m: dict) -> str:
+    return f"Machine: {m['cpu']}, {m['cpus']} CPUs, bf16 instructions: {m['bf16_unit'] or 'none'}."
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT  # noqa: E402
+from bench.common import OUT, machine, machine_line  # noqa: E402
 from rare.encoding import encode_batch  # noqa: E402
 from rare.prompt import encode_columns  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> None:
     from eval.runner import search
     from rare.beir_data import load_beir
     from rare.encoding import encode_texts
-    from rare.model import cpu_bf16_unit, load_model
+    from rare.model import load_model
     from rare.query import QueryAugmenter
 
     ds = load_beir(args.beir, ["test"])
@@ -96,7 +96,7 @@ def main() -> None:
     result = {
         "dataset": ds.name,
         "model": name,
-        "bf16_unit": cpu_bf16_unit(),
+        "machine": machine(),
         "torch_threads_corpus": threads,
         "rows": list(rows.values()),
         "agreement": agreement,
@@ -106,9 +106,9 @@ def main() -> None:
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sizes = [k for k in rows["float32"] if k.startswith("queries_per_s")]
     lines = [
-        f"{name} on {ds.name} ({len(docs)} documents, {len(test)} test queries), in-process; the CPU's "
-        f"bf16 instructions: {result['bf16_unit'] or 'none'}. Corpus: {threads} torch threads; queries: 1 "
-        "thread (an encode worker), batches of the sizes shown.",
+        f"{name} on {ds.name} ({len(docs)} documents, {len(test)} test queries), in-process. "
+        f"{machine_line(result['machine'])} Corpus: {threads} torch threads; queries: 1 thread (an encode "
+        "worker), batches of the sizes shown.",
         "",
         "| dtype | corpus docs/s | "
         + " | ".join(f"queries/s, batch {k.rsplit('_', 1)[1]}" for k in sizes)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT  # noqa: E402
+from bench.common import OUT, machine  # noqa: E402
 from rare.beir_data import load_beir  # noqa: E402
 from rare.collection import Collection  # noqa: E402
 from rare.indexer import add_to_collection  # noqa: E402
@@ -72,8 +71,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     meta = {
-        "machine": platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "machine": machine(),
         "device": model.device,
         "dtype": model.dtype,
         "model": model.name,

@@ -35,7 +35,16 @@ from urllib.request import urlopen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, ROOT, RawHttp, percentile_ms, server_cpu, start_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT,
+    ROOT,
+    RawHttp,
+    machine,
+    machine_line,
+    percentile_ms,
+    server_cpu,
+    start_server,
+)
 
 
 async def load(
@@ -252,6 +261,7 @@ def main() -> None:
             )
     OUT.mkdir(parents=True, exist_ok=True)
     result = {
+        "machine": machine(),
         "model": model.name,
         "attention": model.rare.attention,
         "dtype": model.dtype,
@@ -273,7 +283,8 @@ def main() -> None:
         f"{args.requests} requests per k-example cell, {args.plain_requests} per plain cell (the queries "
         f"cycled). Mean tokens per query string: plain {tokens['plain']}, "
         + ", ".join(f"{args.k} examples at {b}-token documents {tokens[b]}" for b in budgets)
-        + ". Raw: in-process encode of the same strings, measured right before and after each cell.",
+        + ". Raw: in-process encode of the same strings, measured right before and after each cell. "
+        + machine_line(result["machine"]),
         "",
         "CPU ms a request: what the server process, its encode workers and this client used over the cell, "
         "per request (/proc); raw CPU ms: in-process CPU per text. CPU share = raw CPU ms / the request's "
