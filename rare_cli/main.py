@@ -179,6 +179,9 @@ def serve(
         bool | None,
         typer.Option("--warm-example-cache/--no-warm-example-cache", help=_help("warm_example_cache")),
     ] = None,
+    gc_freeze: Annotated[
+        bool | None, typer.Option("--gc-freeze/--no-gc-freeze", help=_help("gc_freeze"))
+    ] = None,
     encode_workers: Annotated[
         int | None, typer.Option("--encode-workers", help=_help("encode_workers"))
     ] = None,
@@ -213,6 +216,7 @@ def serve(
         pooling=pooling,
         example_cache_mb=example_cache_mb,
         warm_example_cache=warm_example_cache,
+        gc_freeze=gc_freeze,
         encode_workers=encode_workers,
         batch_tokens=batch_tokens,
         max_queue=max_queue,

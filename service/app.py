@@ -28,6 +28,7 @@ from service import schemas as S
 from service.batching import QueueFullError
 from service.encode_pool import EncodeWorkerError
 from service.engine import BadRequestError, Engine, NotFoundError, QueryResult, UnavailableError
+from service.heap import freeze_startup_heap
 
 log = logging.getLogger("rare.service")
 access = logging.getLogger("rare.access")
@@ -159,6 +160,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if engine.model is None:
             engine.load()
         await engine.start()
+        if settings.gc_freeze:
+            metrics.frozen.set(freeze_startup_heap())
         app.state.ready = True
         log.info("ready: model %s, collections %s", engine.model.name, sorted(engine.collections))
         yield

@@ -73,6 +73,7 @@ class WorkerSpec:
     threads: int  # torch threads while other workers are busy too: the cores shared out
     all_threads: int  # torch threads for a batch running alone: every core
     example_cache_bytes: int  # for a block-attention model's example cache
+    gc_freeze: bool = True  # service.heap, once the model is loaded
 
 
 def _serve(conn, spec: WorkerSpec) -> None:
@@ -83,6 +84,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
 
     from rare.encoding import encode_batch
     from rare.model import load_model
+    from service.heap import freeze_startup_heap
 
     torch.set_num_threads(spec.threads)
     try:
@@ -93,6 +95,8 @@ def _serve(conn, spec: WorkerSpec) -> None:
     except Exception as exc:  # reported to the parent, which refuses to start
         conn.send(("error", f"{type(exc).__name__}: {exc}", None))
         return
+    if spec.gc_freeze:
+        freeze_startup_heap()
     conn.send(("ready", None, None))
 
     def stats() -> dict | None:

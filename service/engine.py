@@ -76,6 +76,7 @@ class Engine:
                 threads,
                 usable_cpus(),
                 s.example_cache_mb << 20,
+                s.gc_freeze,
             )
             self.pool = EncodePool(spec, workers)
             self.pool.start()

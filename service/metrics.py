@@ -38,6 +38,11 @@ class Metrics:
             registry=self.registry,
             buckets=(0, 1, 2, 3, 4, 5, 8, 16, 32),
         )
+        self.frozen = Gauge(
+            "rare_gc_frozen_objects",
+            "Start-up objects moved out of the garbage collector's full collections (service.heap)",
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "rare_rejected_total", "Requests refused by backpressure", registry=self.registry
         )

@@ -223,6 +223,9 @@ def test_ops_endpoints(http):
     assert 'rare_requests_total{endpoint="/search",method="POST",status="200"}' in metrics
     assert "rare_request_duration_seconds_bucket" in metrics and "rare_batch_size_bucket" in metrics
     assert 'rare_tokens_total{kind="query"}' in metrics
+    # The start-up heap is out of the collector's full collections (service.heap).
+    frozen = next(line for line in metrics.splitlines() if line.startswith("rare_gc_frozen_objects "))
+    assert float(frozen.split()[1]) > 10_000
     cols = http.get("/collections").json()
     assert [c["name"] for c in cols["collections"]] == ["tiny"] and cols["unavailable"] == {}
     assert http.get("/openapi.json").status_code == 200
