@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 RARE := $(VENV)/bin/rare
 BEIR ?= ../shared/data/beir
 
-.PHONY: install serve test lint format bench-index bench-service bench-dtype bench-packed bench-load eval-headline compose-config clean
+.PHONY: install serve test lint format bench-index bench-service bench-dtype bench-packed bench-load bench-gc eval-headline compose-config clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ bench-packed: install
 
 bench-load: install
 	$(PY) bench/load.py
+
+bench-gc: install
+	$(PY) bench/gc_pause.py --beir $(BEIR)/scifact
 
 eval-headline: install
 	$(RARE) eval --beir $(BEIR)/scifact --beir $(BEIR)/nfcorpus --runs plain,rare --dtype float32
