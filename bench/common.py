@@ -20,12 +20,12 @@ OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "results").resolve()
 def machine() -> dict:
     """What a result was measured on: runs on different CPUs are not comparable."""
     from rare.model import cpu_bf16_unit
+    from service.encode_pool import usable_cpus
 
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": name, "cpus": cpus, "bf16_unit": cpu_bf16_unit()}
+    return {"cpu": name, "cpus": usable_cpus(), "bf16_unit": cpu_bf16_unit()}
 
 
 def machine_line(m: dict) -> str:
