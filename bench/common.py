@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,3 +137,39 @@ class RawHttp:
         if "content-length" not in headers:
             raise RuntimeError(f"response without Content-Length: {headers}")
         return status, await self._reader.readexactly(int(headers["content-length"]))
+
+
+async def post_searches(
+    url: str,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    on_reply: Callable[[int, int, bytes], None] | None = None,
+) -> list[float]:
+    """Latencies (s) of `n` POST /search, the bodies cycled, from `concurrency` keep-alive connections;
+    `on_reply(i, status, body)` sees each answer."""
+    lat: list[float] = []
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        async with RawHttp(url) as http:
+            for i in todo:
+                t = time.perf_counter()
+                status, body = await http.post("/search", bodies[i % len(bodies)])
+                lat.append(time.perf_counter() - t)
+                if on_reply is not None:
+                    on_reply(i, status, body)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return lat
+
+
+def ensure_collection(data_dir: Path, name: str, beir: Path, model: Callable[[], object]) -> None:
+    """Index the BEIR folder `beir` into collection `name` unless it is there; `model()` gives the
+    model, loaded only then."""
+    from rare.collection import collections_root
+    from rare.indexer import index_beir
+
+    if not (collections_root(data_dir) / name / "CURRENT").is_file():
+        print(f"building collection {name} ...", flush=True)
+        index_beir(data_dir, name, model(), beir)

@@ -17,30 +17,30 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, ROOT, RawHttp, machine, machine_line, percentile_ms, start_server  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT,
+    ROOT,
+    ensure_collection,
+    machine,
+    machine_line,
+    percentile_ms,
+    post_searches,
+    start_server,
+)
 
 
-async def drive(url: str, bodies: list[bytes], n: int, concurrency: int) -> list[float]:
-    """Latencies (s) of `n` searches from `concurrency` connections."""
-    lat: list[float] = []
-    todo = iter(range(n))
+def drive(url: str, bodies: list[bytes], n: int, concurrency: int) -> list[float]:
+    """Latencies (s) of `n` searches from `concurrency` connections; any answer but 200 stops the run."""
 
-    async def worker() -> None:
-        async with RawHttp(url) as http:
-            for i in todo:
-                t = time.perf_counter()
-                status, _ = await http.post("/search", bodies[i % len(bodies)])
-                if status != 200:
-                    raise RuntimeError(f"search answered {status}")
-                lat.append(time.perf_counter() - t)
+    def ok(_: int, status: int, __: bytes) -> None:
+        if status != 200:
+            raise RuntimeError(f"search answered {status}")
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return lat
+    return asyncio.run(post_searches(url, bodies, n, concurrency, ok))
 
 
 def main() -> None:
@@ -54,13 +54,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from rare.beir_data import load_beir
-    from rare.collection import collections_root
-    from rare.indexer import index_beir
     from rare.model import load_model
 
-    if not (collections_root(args.data_dir) / args.collection / "CURRENT").is_file():
-        print(f"building collection {args.collection} ...", flush=True)
-        index_beir(args.data_dir, args.collection, load_model(None, "cpu"), args.beir)
+    ensure_collection(args.data_dir, args.collection, args.beir, lambda: load_model(None, "cpu"))
     ds = load_beir(args.beir, ["test"])
     bodies = [
         json.dumps({"query": ds.queries[q], "collection": args.collection, "num_examples": 0}).encode()
@@ -71,8 +67,8 @@ def main() -> None:
         for freeze in (True, False) if r % 2 == 0 else (False, True):
             proc, url = start_server(args.data_dir, {"RARE_GC_FREEZE": str(freeze).lower()})
             try:
-                asyncio.run(drive(url, bodies, 300, args.concurrency))  # warm-up
-                lat = asyncio.run(drive(url, bodies, args.requests, args.concurrency))
+                drive(url, bodies, 300, args.concurrency)  # warm-up
+                lat = drive(url, bodies, args.requests, args.concurrency)
             finally:
                 proc.terminate()
                 proc.wait(30)

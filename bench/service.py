@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     OUT,
     ROOT,
-    RawHttp,
+    ensure_collection,
     machine,
     machine_line,
     percentile_ms,
+    post_searches,
     server_cpu,
     start_server,
 )
@@ -56,28 +57,21 @@ async def load(
         json.dumps({"query": q, "collection": collection, "top_k": 10, "num_examples": k}).encode()
         for q in queries
     ]
-    lat: list[float] = []
     errors: dict[int, int] = {}
     used: list[int] = []
-    todo = iter(range(n))
 
-    async def worker():
-        async with RawHttp(url) as http:
-            for i in todo:
-                t = time.perf_counter()
-                status, body = await http.post("/search", bodies[i % len(bodies)])
-                lat.append(time.perf_counter() - t)
-                if status != 200:
-                    errors[status] = errors.get(status, 0) + 1
-                elif i < len(bodies):  # examples actually used, from each query's first answer
-                    used.append(json.loads(body)["num_examples"])
+    def on_reply(i: int, status: int, body: bytes) -> None:
+        if status != 200:
+            errors[status] = errors.get(status, 0) + 1
+        elif i < len(bodies):  # examples actually used, from each query's first answer
+            used.append(json.loads(body)["num_examples"])
 
     before = await cache_counts(url)
     if not Path("/proc/self/stat").is_file():  # per-process CPU is read from /proc (Linux)
         pid = None
     cpu0 = (*server_cpu(pid), time.process_time()) if pid else None
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    lat = await post_searches(url, bodies, n, concurrency, on_reply)
     wall = time.perf_counter() - t0
     cpu = [b - a for a, b in zip(cpu0, (*server_cpu(pid), time.process_time()), strict=True)] if pid else []
     after = await cache_counts(url)
@@ -154,8 +148,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rare.beir_data import load_beir
-    from rare.collection import Collection, collections_root
-    from rare.indexer import index_beir
+    from rare.collection import Collection
     from rare.model import load_model
     from rare.query import QueryAugmenter
 
@@ -164,9 +157,7 @@ def main() -> None:
         args.data_dir = (
             ROOT / "var" if not args.model else ROOT / "var" / "bench-data" / Path(args.model).name
         )
-    if not (collections_root(args.data_dir) / args.collection / "CURRENT").is_file():
-        print(f"building collection {args.collection} ...", flush=True)
-        index_beir(args.data_dir, args.collection, model, args.beir)
+    ensure_collection(args.data_dir, args.collection, args.beir, lambda: model)
     ds = load_beir(args.beir, ["test"])
     queries = [ds.queries[q] for q in sorted(ds.split("test"))][: args.requests]
     levels = [int(x) for x in args.concurrency.split(",")]
