@@ -31,6 +31,7 @@ from rare.cache import corpus_embeddings  # noqa: E402
 from rare.encoding import encode_texts  # noqa: E402
 from rare.instructions import instruction_for  # noqa: E402
 from rare.model import load_model  # noqa: E402
+from rare.prompt import encode_columns  # noqa: E402
 from rare.query import QueryAugmenter  # noqa: E402
 
 WEIGHTS = (0.25, 0.5, 1.0)
@@ -51,14 +52,8 @@ def variants(
     full = augment_queries(model, ds, qids, pool, "rare", max_k, aug)  # the max_k nearest examples
 
     def encode(augs) -> np.ndarray:
-        return normalised(
-            encode_texts(
-                model,
-                [a.text for a in augs],
-                pool_from=[a.pool_from for a in augs],
-                blocks=[a.blocks for a in augs],
-            )
-        )
+        texts, _, pool_from, blocks = encode_columns(augs)
+        return normalised(encode_texts(model, texts, pool_from=pool_from, blocks=blocks))
 
     def rebuild(pick) -> list:
         """Each query again with `pick` of the examples it kept within its budget, most similar first."""
