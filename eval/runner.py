@@ -139,6 +139,28 @@ def eval_in_process(
     return records
 
 
+class ServiceError(RuntimeError):
+    """The service at --url could not be reached, or refused a request."""
+
+
+def _call(client, method: str, path: str, **kw) -> dict:
+    """One request to the service; a transport error or a non-2xx answer is a ServiceError that says
+    what the server said (its `detail`), not a traceback."""
+    import httpx
+
+    try:
+        r = client.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"cannot reach the service at {client.base_url}: {exc}") from exc
+    if r.is_success:
+        return r.json()
+    try:
+        detail = r.json().get("detail", r.text)
+    except ValueError:
+        detail = r.text
+    raise ServiceError(f"{method} {client.base_url.join(path)}: HTTP {r.status_code}: {detail}")
+
+
 def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) -> list[dict]:
     """Through the REST API: the collection must hold this dataset's corpus and pool."""
     import httpx
@@ -148,7 +170,7 @@ def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) 
     qrels = ds.split(cfg.split)
     records = []
     with httpx.Client(base_url=cfg.url, headers=headers, timeout=600) as client:
-        info = client.get("/info").raise_for_status().json()
+        info = _call(client, "GET", "/info")
         rare = info["model"]["rare"]
         for run in cfg.runs:
             if run == "random":
@@ -167,9 +189,8 @@ def eval_url(cfg: EvalConfig, ds: BeirDataset, qids: list[str], pool: EvalPool) 
                         for q in chunk
                     ]
                 }
-                r = client.post("/search/batch", json=body)
-                r.raise_for_status()
-                for q, resp in zip(chunk, r.json()["responses"], strict=True):
+                answer = _call(client, "POST", "/search/batch", json=body)
+                for q, resp in zip(chunk, answer["responses"], strict=True):
                     results[q] = {h["id"]: h["score"] for h in resp["results"]}
                     augs.append(AugmentedQuery("", [None] * resp["num_examples"], resp["query_tokens"]))
             elapsed = time.perf_counter() - t

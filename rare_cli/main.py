@@ -197,7 +197,7 @@ def serve(
     log_level: Annotated[str | None, typer.Option("--log-level", help=_help("log_level"))] = None,
 ) -> None:
     """Serve search over the collections in the data directory (FastAPI + uvicorn)."""
-    from rare.model import ModelNotFoundError, resolve_device, resolve_dtype
+    from rare.model import ModelNotFoundError, resolve_device, resolve_dtype, resolve_model_path
     from service.server import serve as run
 
     s = _settings(
@@ -225,14 +225,13 @@ def serve(
         cors_origins=cors_origins or None,
         log_level=log_level,
     )
+    # Refused before anything starts: from the app's start-up, uvicorn would log a traceback instead.
     try:
-        resolve_dtype(s.dtype, resolve_device(s.device))  # refused before anything starts
-    except ValueError as exc:
+        resolve_dtype(s.dtype, resolve_device(s.device))
+        resolve_model_path(s.model)
+    except (ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    try:
-        run(s)
-    except ModelNotFoundError as exc:
-        _fail(str(exc))
+    run(s)
 
 
 @app.command()
@@ -337,6 +336,7 @@ def train(
 ) -> None:
     """Fine-tune an embedder the RARe way (nearest-neighbour demonstrations, contrastive loss)."""
     from rare.beir_data import DataError
+    from rare.model import ModelNotFoundError
     from trainer.config import TrainConfig
     from trainer.train import run_training
 
@@ -379,7 +379,7 @@ def train(
             cache_dir=s.data_dir / "cache",
         )
         result = run_training(cfg)
-    except (DataError, ValueError) as exc:
+    except (DataError, ModelNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(result))
 
@@ -441,8 +441,9 @@ def evaluate(
     batch_tokens: BatchTokens = None,
 ) -> None:
     """BEIR evaluation: nDCG@10, Recall@100, MAP, MRR for base, fine-tuned and RARe runs."""
-    from eval.runner import EvalConfig, run_eval
+    from eval.runner import EvalConfig, ServiceError, run_eval
     from rare.beir_data import DataError
+    from rare.model import ModelNotFoundError
 
     s = _settings(
         data_dir=data_dir,
@@ -471,7 +472,7 @@ def evaluate(
     )
     try:
         table = run_eval(cfg)
-    except (DataError, ValueError) as exc:
+    except (DataError, ModelNotFoundError, ServiceError, ValueError) as exc:
         _fail(str(exc))
     sys.stdout.write(table + "\n")
 

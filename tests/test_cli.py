@@ -55,6 +55,28 @@ def test_bad_setting_is_a_one_line_error():
     assert r.stderr.strip().startswith("error: port: Input should be less than or equal to 65535")
 
 
+def test_missing_model_is_a_one_line_error_for_every_command(tmp_path):
+    missing = tmp_path / "no-model"
+    want = f"error: model not found: no directory at {missing}"
+    for args in (
+        ["serve", "--data-dir", str(tmp_path)],  # before uvicorn starts: no traceback in its log
+        ["train", "--beir", str(ROOT / "sample" / "tiny"), "--output", str(tmp_path / "out")],
+        ["eval", "--beir", str(ROOT / "sample" / "tiny"), "--out", str(tmp_path / "eval")],
+    ):
+        r = rare(*args, "--model", str(missing))
+        assert (r.returncode, r.stderr.strip()) == (2, want), (args, r.stderr)
+
+
+def test_eval_against_an_unreachable_service_is_a_one_line_error(tmp_path):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    r = rare("eval", "--beir", str(ROOT / "sample" / "tiny"), "--url", url, "--out", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith(f"error: cannot reach the service at {url}"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_index_errors_are_one_line(tmp_path):
     r = rare("index", "--beir", str(tmp_path / "missing"), "--data-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip() == f"error: BEIR folder not found: {tmp_path / 'missing'}"

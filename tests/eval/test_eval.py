@@ -10,7 +10,7 @@ import pytest
 
 from eval.metrics import evaluate
 from eval.pools import eval_pool, fold_of
-from eval.runner import EvalConfig, run_eval
+from eval.runner import EvalConfig, ServiceError, run_eval
 from rare.beir_data import load_beir
 from tests.conftest import running_server
 
@@ -94,6 +94,17 @@ def test_url_mode_matches_in_process(tmp_path, tiny_dir, data_dir):
                 show_progress=False,
             )
         )
+        # A collection the server lacks: its own 404 message, not a traceback.
+        with pytest.raises(ServiceError, match="HTTP 404: collection 'missing' not found"):
+            run_eval(
+                EvalConfig(
+                    beir=[tiny_dir],
+                    out=tmp_path / "c",
+                    url=srv.url,
+                    collection="missing",
+                    show_progress=False,
+                )
+            )
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [r["run"] for r in b] == ["plain", "rare"] and b[0]["mode"] == "url"
