@@ -45,13 +45,22 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _one_line(exc: Exception) -> str:
+    """A pydantic validation error as `field: message; ...`; any other error as its text."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
 def _settings(**kw) -> Settings:
     from pydantic import ValidationError
 
     try:
         return get_settings(**kw)
     except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        _fail(_one_line(exc))
 
 
 def _model(s: Settings):
@@ -379,8 +388,8 @@ def train(
             cache_dir=s.data_dir / "cache",
         )
         result = run_training(cfg)
-    except (DataError, ModelNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    except (DataError, ModelNotFoundError, ValueError) as exc:  # ValueError: TrainConfig's validation too
+        _fail(_one_line(exc))
     typer.echo(json.dumps(result))
 
 

@@ -67,6 +67,11 @@ def test_missing_model_is_a_one_line_error_for_every_command(tmp_path):
         assert (r.returncode, r.stderr.strip()) == (2, want), (args, r.stderr)
 
 
+def test_bad_training_flag_is_a_one_line_error(tmp_path):
+    r = rare("train", "--beir", str(ROOT / "sample" / "tiny"), "--output", str(tmp_path), "--k", "-1")
+    assert (r.returncode, r.stderr.strip()) == (2, "error: k: Input should be greater than or equal to 0")
+
+
 def test_eval_against_an_unreachable_service_is_a_one_line_error(tmp_path):
     from tests.conftest import free_port
 
