@@ -13,13 +13,15 @@ defaults (encode worker processes: one per core up to 4 on CPU). Each cell also 
 process spent per request (server process, encode workers, this client; from /proc on Linux) beside
 the raw run's CPU per text: where the client shares the server's cores, their ratio bounds `vs raw`.
 Targets: server rps >= 0.9x raw encode rate of the same texts; k-example search cost <= 3x plain.
-With a block-attention model (--model; its collection under var/bench-data/<model>) the first pass
-over the queries after start-up is reported with the server's start-up time (by default the server
-puts the pools' examples into every worker's example cache before it is ready, as much as fits); passes
-at the highest concurrency then fill every worker's cache before the cells; each row gives the caches'
-hit rate.
-Bounded: a fixed number of requests per cell. Results: bench/results/service[-<model>][-<dtype>].json
-and .md (no dtype suffix: float32; with BENCH_OUT=DIR, under DIR instead).
+Under block attention (a model trained with it, --model, its collection under var/bench-data/<model>;
+or the bundled model, whose own it is) the first pass over the queries after start-up is reported with
+the server's start-up time (a server that searches with examples by default, a RARe model's, puts the
+pools' examples into every worker's example cache before it is ready, as much as fits; the bundled
+model's, plain by default, fills them on use); passes at the highest concurrency then fill every
+worker's cache before the cells; each row gives the caches' hit rate.
+Bounded: a fixed number of requests per cell. Results:
+bench/results/service[-<model>][-<attention>][-<dtype>].json and .md (no attention suffix: the model's
+own; no dtype suffix: float32; with BENCH_OUT=DIR, under DIR instead).
 """
 
 from __future__ import annotations
@@ -141,6 +143,12 @@ def main() -> None:
         "with AMX or AVX512-BF16, else float32; results of a format other than float32 are named after it",
     )
     ap.add_argument(
+        "--attention",
+        choices=["full", "block"],
+        help="RARE_ATTENTION of the server and the raw runs alike; default the model's own (block for "
+        "the bundled model); results of a run with it given are named after it",
+    )
+    ap.add_argument(
         "--example-doc-tokens",
         default="64,32,16",
         help="per-example document budgets to measure k-example search at (the first is the default)",
@@ -150,9 +158,10 @@ def main() -> None:
     from rare.beir_data import load_beir
     from rare.collection import Collection
     from rare.model import load_model
-    from rare.query import QueryAugmenter
+    from rare.query import QueryAugmenter, resolve_attention
 
     model = load_model(args.model, "cpu", args.dtype)
+    attention, pooling = resolve_attention(model, args.attention)
     if args.data_dir is None:
         args.data_dir = (
             ROOT / "var" if not args.model else ROOT / "var" / "bench-data" / Path(args.model).name
@@ -166,10 +175,12 @@ def main() -> None:
     # The same strings the server builds (plain, and with examples per budget), each built once.
     col = Collection.open(args.data_dir, args.collection, model, writable=False)
     chosen = col.select_examples(queries, args.k)
-    variants = {"plain": (QueryAugmenter(model), [[] for _ in queries])}
-    variants |= {b: (QueryAugmenter(model, example_doc_tokens=b), chosen) for b in budgets}
+    variants = {"plain": (QueryAugmenter(model, attention=attention), [[] for _ in queries])}
+    variants |= {
+        b: (QueryAugmenter(model, example_doc_tokens=b, attention=attention), chosen) for b in budgets
+    }
     built, tokens = {}, {}
-    if model.rare.attention == "block":
+    if attention == "block":
         # Every variant's examples stay cached in-process (~1 GB a budget), so no raw pass pays misses.
         model.block_encoder.cache_bytes = 8 << 30
     for name, (aug, examples) in variants.items():
@@ -192,13 +203,14 @@ def main() -> None:
             "RARE_LOG_LEVEL": "warning",
             "RARE_EXAMPLE_DOC_TOKENS": str(budget),
             "RARE_DTYPE": model.dtype,
+            "RARE_ATTENTION": attention,
         } | ({"RARE_MODEL": str(Path(args.model).resolve())} if args.model else {})
         started = time.perf_counter()
         server, url = start_server(args.data_dir, env)
         ready_s = round(time.perf_counter() - started, 1)
         try:
             asyncio.run(load(url, queries, args.collection, args.k, 4, 40))  # warm up
-            if model.rare.attention == "block":
+            if attention == "block":
                 # The first pass over the queries after start-up is reported: what a restart costs.
                 # Each encode worker keeps its own cache, and at low concurrency one worker takes every
                 # batch; at high concurrency an example seen once reaches one worker of the two, so
@@ -254,7 +266,7 @@ def main() -> None:
     result = {
         "machine": machine(),
         "model": model.name,
-        "attention": model.rare.attention,
+        "attention": attention,
         "dtype": model.dtype,
         "encode_workers": info["encode_workers"],
         "k": args.k,
@@ -265,10 +277,11 @@ def main() -> None:
         "targets": {"server_vs_raw": 0.9, "k_cost_x_max": 3.0},
     }
     stem = "service" if not args.model else f"service-{Path(args.model).name}"
+    stem += f"-{args.attention}" if args.attention else ""
     stem += "" if model.dtype == "float32" else f"-{model.dtype}"
     (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"Model {model.name} (attention {model.rare.attention}, pooling {model.rare.pooling}, "
+        f"Model {model.name} (attention {attention}, pooling {pooling}, "
         f"{model.dtype}), "
         f"{info['encode_workers']} encode worker(s). {len(queries)} distinct SciFact test queries: "
         f"{args.requests} requests per k-example cell, {args.plain_requests} per plain cell (the queries "

@@ -14,6 +14,7 @@ from eval.metrics import evaluate
 from eval.pools import EvalPool, eval_pool
 from eval.report import write_chart, write_table
 from rare.beir_data import BeirDataset, load_beir
+from rare.block_attention import Attention
 from rare.cache import corpus_embeddings
 from rare.encoding import DEFAULT_BATCH_TOKENS, encode_texts
 from rare.instructions import instruction_for
@@ -45,6 +46,7 @@ class EvalConfig:
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     max_queries: int | None = None
     pooling: Pooling | None = None  # None: each model's own
+    attention: Attention | None = None  # None: each model's own
     show_progress: bool = True
 
 
@@ -102,7 +104,7 @@ def eval_in_process(
         model, ds, cfg.data_dir / "cache", batch_tokens=cfg.batch_tokens, show_progress=cfg.show_progress
     )
     qrels = ds.split(cfg.split)
-    augmenter = QueryAugmenter(model, pooling=cfg.pooling)
+    augmenter = QueryAugmenter(model, pooling=cfg.pooling, attention=cfg.attention)
     records = []
     for run in tqdm(cfg.runs, desc=f"{ds.name} / {model.name}", disable=not cfg.show_progress):
         k = run_k(model, run, cfg.num_examples)

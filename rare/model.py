@@ -58,11 +58,15 @@ class RareConfig(BaseModel):
         Path(model_dir, RARE_CONFIG_FILE).write_text(self.model_dump_json(indent=2) + "\n")
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> RareConfig:
+    def load(cls, model_dir: str | Path, *, packable: bool = False) -> RareConfig:
         path = Path(model_dir, RARE_CONFIG_FILE)
         if not path.is_file():
-            # A plain base model: plain search by default, since naive examples hurt it.
-            return cls()
+            # A plain base model: plain search by default, since naive examples hurt it. Asked for
+            # examples, it pools the target query under block attention where its architecture allows
+            # (`packable`): all-MiniLM-L6-v2 with 5 naive examples, bfloat16, nDCG@10 SciFact 65.83 and
+            # NFCorpus 31.31, against 54.75 and 23.52 pooled over the whole string under full attention
+            # (plain: 64.45, 31.44), and each cached example is not paid for again on every query.
+            return cls(pooling="query", attention="block") if packable else cls()
         return cls.model_validate_json(path.read_text())
 
 
@@ -204,16 +208,7 @@ class LoadedModel:
         """Whether rare.block_attention's packed forward equals the model's own pipeline (a BERT encoder
         with plain mean pooling; tests/rare/test_block_attention.py). Packed, a batch costs its real
         tokens; length-sorted bulk encoding (the indexer) gains nothing and stays on the model's own."""
-        from rare.block_attention import BlockAttentionError, bert_of
-
-        try:
-            bert_of(self.st)
-        except BlockAttentionError:
-            return False
-        kinds = [type(m).__name__ for m in self.st]
-        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-            return False
-        return self.st[1].get_config_dict().get("pooling_mode") == "mean"
+        return packable(self.st)
 
     def _encode_plain(self, texts: list[str]):
         return self.st.encode(
@@ -266,6 +261,20 @@ class LoadedModel:
         }
 
 
+def packable(st) -> bool:
+    """See LoadedModel.packable."""
+    from rare.block_attention import BlockAttentionError, bert_of
+
+    try:
+        bert_of(st)
+    except BlockAttentionError:
+        return False
+    kinds = [type(m).__name__ for m in st]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return False
+    return st[1].get_config_dict().get("pooling_mode") == "mean"
+
+
 def weights_fingerprint(st) -> str:
     h = hashlib.blake2b(digest_size=16)
     state = st.state_dict()
@@ -301,7 +310,8 @@ def load_model(
         except Exception as exc:
             raise ModelNotFoundError(f"could not load model from {path}: {exc}") from exc
         display = DEFAULT_MODEL_NAME if path == bundled_model_path() else (name or path)
-        loaded = LoadedModel(st=st, name=display, path=path, device=dev, rare=RareConfig.load(path), dtype=dt)
+        rare = RareConfig.load(path, packable=packable(st))
+        loaded = LoadedModel(st=st, name=display, path=path, device=dev, rare=rare, dtype=dt)
         if dt != "float32":
             import torch
 

@@ -34,11 +34,9 @@ class QueryAugmenter:
             model.token_counter, limit, example_doc_tokens or model.rare.example_doc_tokens
         )
         self.always_instruct = model.rare.trained if always_instruct is None else always_instruct
-        self.attention: Attention = attention or model.rare.attention
+        self.attention, self.pooling = resolve_attention(model, attention, pooling)
         if self.attention == "block":
             bert_of(model.st)  # refuse an architecture the block forward does not cover, up front
-        # Block attention pools the target query (its examples never see it).
-        self.pooling: Pooling = "query" if self.attention == "block" else (pooling or model.rare.pooling)
 
     def instruction_for(self, instruction: str | None, with_examples: bool) -> str | None:
         if with_examples or self.always_instruct:
@@ -55,6 +53,18 @@ class QueryAugmenter:
             pool_from=a.query_start if self.pooling == "query" else 0,
             blocks=a.block_starts if self.attention == "block" else (),
         )
+
+
+def resolve_attention(
+    model: LoadedModel, attention: Attention | None = None, pooling: Pooling | None = None
+) -> tuple[Attention, Pooling]:
+    """(attention, pooling) in force: what is asked, else the model's own. Block attention pools the
+    target query (its examples never see it), so asking for `full` pooling alone means full attention,
+    and asking for both block and full is refused."""
+    if attention == "block" and pooling == "full":
+        raise ValueError("block attention pools the target query: use pooling 'query' or attention 'full'")
+    attention = attention or ("full" if pooling == "full" else model.rare.attention)
+    return attention, ("query" if attention == "block" else pooling or model.rare.pooling)
 
 
 def default_k(model: LoadedModel, configured: int | None = None) -> int:

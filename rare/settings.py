@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rare.block_attention import Attention
 from rare.encoding import DEFAULT_BATCH_TOKENS
 from rare.model import Dtype
 from rare.pooling import Pooling
@@ -48,7 +49,13 @@ class Settings(BaseSettings):
     pooling: Pooling | None = Field(
         None,
         description="How a query with examples is pooled: query (its own tokens) | full (the whole "
-        "string); unset = the model's own (full for a base model).",
+        "string, under full attention); unset = the model's own (query for a base model).",
+    )
+    attention: Attention | None = Field(
+        None,
+        description="How a query's tokens meet its examples: block (each example encoded apart and "
+        "cached; BERT encoders) | full (one pass over the whole string); unset = the model's own (block "
+        "for a base BERT model with mean pooling, such as the bundled one).",
     )
     example_cache_mb: int = Field(
         1024,
@@ -58,9 +65,9 @@ class Settings(BaseSettings):
     )
     warm_example_cache: bool = Field(
         True,
-        description="Block-attention models: before the server reports ready, put every collection's "
-        "pool examples into each encode worker's example cache (as many as 90% of it holds), so no "
-        "search pays for a first use.",
+        description="Block attention, with examples by default (a RARe model, or num_examples > 0): "
+        "before the server reports ready, put every collection's pool examples into each encode "
+        "worker's example cache (as many as 90% of it holds), so no search pays for a first use.",
     )
     gc_freeze: bool = Field(
         True,

@@ -37,6 +37,7 @@ ExampleDocTokens = Annotated[
 ]
 MaxQueryTokens = Annotated[int | None, typer.Option("--max-query-tokens", help=_help("max_query_tokens"))]
 PoolingOpt = Annotated[str | None, typer.Option("--pooling", help=_help("pooling"))]
+AttentionOpt = Annotated[str | None, typer.Option("--attention", help=_help("attention"))]
 BatchTokens = Annotated[int | None, typer.Option("--batch-tokens", help=_help("batch_tokens"))]
 
 
@@ -181,6 +182,7 @@ def serve(
     example_doc_tokens: ExampleDocTokens = None,
     max_query_tokens: MaxQueryTokens = None,
     pooling: PoolingOpt = None,
+    attention: AttentionOpt = None,
     example_cache_mb: Annotated[
         int | None, typer.Option("--example-cache-mb", help=_help("example_cache_mb"))
     ] = None,
@@ -223,6 +225,7 @@ def serve(
         example_doc_tokens=example_doc_tokens,
         max_query_tokens=max_query_tokens,
         pooling=pooling,
+        attention=attention,
         example_cache_mb=example_cache_mb,
         warm_example_cache=warm_example_cache,
         gc_freeze=gc_freeze,
@@ -447,6 +450,7 @@ def evaluate(
     device: Device = None,
     dtype: DtypeOpt = None,
     pooling: PoolingOpt = None,
+    attention: AttentionOpt = None,
     batch_tokens: BatchTokens = None,
 ) -> None:
     """BEIR evaluation: nDCG@10, Recall@100, MAP, MRR for base, fine-tuned and RARe runs."""
@@ -461,6 +465,7 @@ def evaluate(
         batch_tokens=batch_tokens,
         api_key=api_key,
         pooling=pooling,
+        attention=attention,
     )
     cfg = EvalConfig(
         beir=beir,
@@ -478,6 +483,7 @@ def evaluate(
         batch_tokens=s.batch_tokens,
         max_queries=max_queries,
         pooling=s.pooling,
+        attention=s.attention,
     )
     try:
         table = run_eval(cfg)

@@ -89,7 +89,8 @@ def _serve(conn, spec: WorkerSpec) -> None:
     torch.set_num_threads(spec.threads)
     try:
         model = load_model(spec.model, spec.device, spec.dtype)
-        block = model.rare.attention == "block"
+        # Whatever the server's attention setting: a bound only, the cache fills on use.
+        block = model.packable or model.rare.attention == "block"
         if block:
             model.block_encoder.cache_bytes = spec.example_cache_bytes
     except Exception as exc:  # reported to the parent, which refuses to start

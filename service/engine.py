@@ -87,6 +87,7 @@ class Engine:
                 example_doc_tokens=s.example_doc_tokens,
                 max_query_tokens=s.max_query_tokens,
                 pooling=s.pooling,
+                attention=s.attention,
             )
         except Exception:
             if self.pool is not None:
@@ -103,7 +104,8 @@ class Engine:
         if self.pool is not None:
             self.pool.wait_ready()
             log.info("%d encode workers, %d torch threads each", workers, threads)
-        if self.augmenter.attention == "block" and s.warm_example_cache:
+        # Not for a server that searches plain by default (a base model): its caches fill on use.
+        if self.augmenter.attention == "block" and s.warm_example_cache and self.resolve_k(None) > 0:
             self._warm_example_caches()
 
     def _warm_example_caches(self) -> None:

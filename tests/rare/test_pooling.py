@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from rare.model import RareConfig
 from rare.pooling import tokenize_with_query_mask
 from rare.prompt import Example, ScoredExample
-from rare.query import QueryAugmenter
+from rare.query import QueryAugmenter, resolve_attention
 
 QUERY = "Insulin resistance in obese mice"
 EXAMPLES = [
@@ -27,8 +29,23 @@ def test_mask_covers_only_the_target_query(model):
 
 def test_full_pooling_keeps_pool_from_zero(model):
     aug = QueryAugmenter(model, pooling="full").build(QUERY, EXAMPLES, "Find studies")
-    assert aug.pool_from == 0 and aug.query_start > 0
-    assert QueryAugmenter(model).pooling == "full"  # a base model's own setting
+    assert aug.pool_from == 0 and aug.query_start > 0 and aug.blocks == ()  # and full attention
+
+
+def test_attention_and_pooling_in_force(model, tmp_path):
+    # A base model: block attention and query pooling where its architecture allows (the bundled one is
+    # a BERT encoder with mean pooling), else full attention pooled over the whole string.
+    assert (model.rare.trained, model.rare.attention, model.rare.pooling) == (False, "block", "query")
+    assert (RareConfig.load(tmp_path).attention, RareConfig.load(tmp_path).pooling) == ("full", "full")
+    assert resolve_attention(model) == ("block", "query")
+    assert resolve_attention(model, pooling="query") == ("block", "query")
+    assert resolve_attention(model, pooling="full") == ("full", "full")  # full pooling: full attention
+    assert resolve_attention(model, attention="full") == ("full", "query")
+    with pytest.raises(ValueError, match="block attention pools the target query"):
+        resolve_attention(model, "block", "full")
+    aug = QueryAugmenter(model).build(QUERY, EXAMPLES, "Find studies")
+    assert len(aug.blocks) == 3 and aug.text[aug.pool_from :] == QUERY  # 2 examples, the query
+    assert QueryAugmenter(model).build(QUERY, [], None).text == QUERY  # plain: the raw query
 
 
 def test_encode_with_pool_from(model):

@@ -92,7 +92,12 @@ def test_concurrent_searches_each_get_their_own_nearest_examples(server, http, t
     assert 'rare_batch_size_count{batcher="examples"}' in http.get("/metrics").text
 
 
-def test_caller_supplied_examples_override_retrieval(http):
+def test_caller_supplied_examples_override_retrieval(http, model):
+    from rare.beir_data import doc_text
+    from rare.prompt import Example, ScoredExample
+    from rare.query import QueryAugmenter
+    from tests.rare.test_block_attention import whole_string
+
     ex = [{"query": "how do bees store honey", "document": "Bees store honey in wax combs."}]
     r = http.post("/search", json={"query": "honey storage", "collection": "tiny", "examples": ex})
     assert r.status_code == 200, r.text
@@ -100,6 +105,15 @@ def test_caller_supplied_examples_override_retrieval(http):
     assert [e["query"] for e in body["examples"]] == ["how do bees store honey"]
     assert body["examples"][0]["score"] is None
     assert body["results"][0]["id"] == "d3"
+    # The bundled base model takes examples under block attention, pooled over the target query: the
+    # scores are those of the whole string under the training-time block masks, in-process.
+    info = http.get("/info").json()
+    assert (info["rare"]["attention"], info["rare"]["pooling"]) == ("block", "query"), info["rare"]
+    exs = [ScoredExample(Example("x", e["query"], e["document"]), 0.0) for e in ex]
+    aug = QueryAugmenter(model).build("honey storage", exs, info["collections"]["tiny"]["instruction"])
+    expected = whole_string(model, [aug.text], [aug.pool_from], [aug.blocks])[0]
+    docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in body["results"]])
+    np.testing.assert_allclose([h["score"] for h in body["results"]], docs @ expected, atol=1e-3)
 
 
 def test_batch_search(http):
@@ -273,14 +287,20 @@ def test_query_pooling_setting_reaches_search(tmp_path, data_dir, model):
     query = "volcano lava"
     given = [{"query": "How do volcanoes erupt", "document": "Magma rises through the crust as lava."}]
     with (
-        running_server(data_dir, tmp_path / "s.log", env={"RARE_POOLING": "query"}) as srv,
+        running_server(
+            data_dir, tmp_path / "s.log", env={"RARE_POOLING": "query", "RARE_ATTENTION": "full"}
+        ) as srv,
         srv.client() as c,
     ):
         info = c.get("/info").json()
         r = c.post("/search", json={"query": query, "collection": "tiny", "top_k": 5, "examples": given})
-    assert info["rare"]["pooling"] == "query" and r.status_code == 200, r.text
+    assert (info["rare"]["pooling"], info["rare"]["attention"]) == ("query", "full"), info["rare"]
+    assert r.status_code == 200, r.text
     exs = [ScoredExample(Example("x", g["query"], g["document"]), 0.0) for g in given]
-    aug = QueryAugmenter(model, pooling="query").build(query, exs, info["collections"]["tiny"]["instruction"])
+    aug = QueryAugmenter(model, pooling="query", attention="full").build(
+        query, exs, info["collections"]["tiny"]["instruction"]
+    )
+    assert aug.blocks == ()
     pooled, full = model.encode([aug.text], [aug.pool_from])[0], model.encode([aug.text])[0]
     hits = r.json()["results"]
     docs = encode_texts(model, [doc_text(h["title"], h["text"]) for h in hits])
