@@ -63,7 +63,8 @@ def main() -> None:
         corpus[dt] = encode_texts(m, docs, show_progress=True, desc=f"{ds.name} corpus, {dt}")
         wall = time.perf_counter() - t
         aug = built[dt]
-        queries[dt] = m.encode([a.text for a in aug], [a.pool_from for a in aug], [a.blocks for a in aug])
+        texts, _, pool_from, blocks = encode_columns(aug)
+        queries[dt] = m.encode(texts, pool_from, blocks)
         rows[dt] = {"dtype": dt, "corpus_docs_per_s": round(len(docs) / wall, 1)}
 
     threads = torch.get_num_threads()

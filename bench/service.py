@@ -341,14 +341,16 @@ def _timed(model, augs: list, batch_size: int = 32) -> tuple[float, float]:
     `encode` (its defaults: batches of 32) where the model's own pipeline makes them; otherwise (query
     pooling, block attention) `LoadedModel.encode` over length-sorted batches of 32. Returns (wall
     seconds, CPU seconds of this process)."""
+    from rare.prompt import encode_columns
+
     t, cpu = time.perf_counter(), time.process_time()
     if not any(a.pool_from or a.blocks for a in augs):
         model.st.encode([a.text for a in augs], normalize_embeddings=True, show_progress_bar=False)
     else:
         order = sorted(range(len(augs)), key=lambda i: -augs[i].tokens)
         for start in range(0, len(order), batch_size):
-            part = [augs[i] for i in order[start : start + batch_size]]
-            model.encode([a.text for a in part], [a.pool_from for a in part], [a.blocks for a in part])
+            texts, _, pool_from, blocks = encode_columns([augs[i] for i in order[start : start + batch_size]])
+            model.encode(texts, pool_from, blocks)
     return time.perf_counter() - t, time.process_time() - cpu
 
 

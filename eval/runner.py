@@ -20,7 +20,7 @@ from rare.encoding import DEFAULT_BATCH_TOKENS, encode_texts
 from rare.instructions import instruction_for
 from rare.model import LoadedModel, load_model
 from rare.pooling import Pooling
-from rare.prompt import AugmentedQuery
+from rare.prompt import AugmentedQuery, encode_columns
 from rare.query import QueryAugmenter
 from rare.selection import make_selector
 
@@ -110,13 +110,8 @@ def eval_in_process(
         k = run_k(model, run, cfg.num_examples)
         aug = augment_queries(model, ds, qids, pool, run, k, augmenter)
         t = time.perf_counter()
-        qemb = encode_texts(
-            model,
-            [a.text for a in aug],
-            batch_tokens=cfg.batch_tokens,
-            pool_from=[a.pool_from for a in aug],
-            blocks=[a.blocks for a in aug],
-        )
+        texts, _, pool_from, blocks = encode_columns(aug)
+        qemb = encode_texts(model, texts, batch_tokens=cfg.batch_tokens, pool_from=pool_from, blocks=blocks)
         encode_s = time.perf_counter() - t
         hits = search(corpus_emb, doc_ids, qemb, TOP_K)
         results = dict(zip(qids, hits, strict=True))
