@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rare.block_attention import Attention
@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Allowed CORS origins (none by default)."
     )
     log_level: str = Field("info", description="Log level of the server.")
+
+    @model_validator(mode="after")
+    def _block_pools_the_query(self) -> Settings:
+        if self.attention == "block" and self.pooling == "full":
+            raise ValueError(
+                "attention 'block' pools the target query: use pooling 'query' or attention 'full'"
+            )
+        return self
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -51,7 +51,11 @@ def _one_line(exc: Exception) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parts = []
+        for e in exc.errors():
+            loc, msg = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" if loc else msg)  # no field: a check across fields
+        return "; ".join(parts)
     return str(exc)
 
 

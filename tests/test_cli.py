@@ -67,6 +67,14 @@ def test_missing_model_is_a_one_line_error_for_every_command(tmp_path):
         assert (r.returncode, r.stderr.strip()) == (2, want), (args, r.stderr)
 
 
+def test_conflicting_attention_and_pooling_is_a_one_line_error():
+    r = rare("serve", "--attention", "block", "--pooling", "full")
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: attention 'block' pools the target query: use pooling 'query' or attention 'full'",
+    )
+
+
 def test_bad_training_flag_is_a_one_line_error(tmp_path):
     r = rare("train", "--beir", str(ROOT / "sample" / "tiny"), "--output", str(tmp_path), "--k", "-1")
     assert (r.returncode, r.stderr.strip()) == (2, "error: k: Input should be greater than or equal to 0")
