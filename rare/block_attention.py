@@ -46,6 +46,14 @@ class BlockAttentionError(ValueError):
     pass
 
 
+def check_pooling(attention: str | None, pooling: str | None) -> None:
+    """Block attention pools the target query (its examples never see it): refuse it with `full`."""
+    if attention == "block" and pooling == "full":
+        raise BlockAttentionError(
+            "attention 'block' pools the target query: use pooling 'query' or attention 'full'"
+        )
+
+
 def bert_of(st):
     """The BERT encoder inside a sentence-transformers model, or a clear error."""
     auto = getattr(st[0], "auto_model", None)

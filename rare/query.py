@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from rare.block_attention import Attention, bert_of
+from rare.block_attention import Attention, bert_of, check_pooling
 from rare.model import LoadedModel
 from rare.pooling import Pooling
 from rare.prompt import DEFAULT_INSTRUCTION, AugmentedQuery, PromptBuilder, ScoredExample
@@ -61,8 +61,7 @@ def resolve_attention(
     """(attention, pooling) in force: what is asked, else the model's own. Block attention pools the
     target query (its examples never see it), so asking for `full` pooling alone means full attention,
     and asking for both block and full is refused."""
-    if attention == "block" and pooling == "full":
-        raise ValueError("block attention pools the target query: use pooling 'query' or attention 'full'")
+    check_pooling(attention, pooling)
     attention = attention or ("full" if pooling == "full" else model.rare.attention)
     return attention, ("query" if attention == "block" else pooling or model.rare.pooling)
 

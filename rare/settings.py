@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rare.block_attention import Attention
+from rare.block_attention import Attention, check_pooling
 from rare.encoding import DEFAULT_BATCH_TOKENS
 from rare.model import Dtype
 from rare.pooling import Pooling
@@ -97,10 +97,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _block_pools_the_query(self) -> Settings:
-        if self.attention == "block" and self.pooling == "full":
-            raise ValueError(
-                "attention 'block' pools the target query: use pooling 'query' or attention 'full'"
-            )
+        check_pooling(self.attention, self.pooling)
         return self
 
 

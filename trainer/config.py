@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from rare.block_attention import Attention
+from rare.block_attention import Attention, check_pooling
 from rare.pooling import Pooling
 
 
@@ -50,6 +50,5 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _block_pools_query(self) -> TrainConfig:
-        if self.attention == "block" and self.pooling != "query":
-            raise ValueError("attention 'block' pools the target query: use pooling 'query'")
+        check_pooling(self.attention, self.pooling)
         return self
