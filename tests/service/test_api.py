@@ -315,11 +315,18 @@ def cache_counts(client) -> tuple[float, float]:
     return float(found["rare_example_cache_hits_total"]), float(found["rare_example_cache_misses_total"])
 
 
-@pytest.mark.parametrize("warm", [True, False])
-def test_pool_examples_are_cached_before_the_server_is_ready(tmp_path, data_dir, block_model_dir, warm):
+@pytest.mark.parametrize(
+    "trained, warm", [(True, True), (True, False), (False, True)], ids=["rare", "rare-no-warm", "base"]
+)
+def test_pool_examples_are_cached_before_the_server_is_ready(
+    tmp_path, data_dir, block_model_dir, trained, warm
+):
     """With warming on (the default) a search whose examples come from the pool computes none of
-    them: start-up put every pool example into the cache; with it off, the search computes them."""
-    env = {"RARE_MODEL": str(block_model_dir), "RARE_WARM_EXAMPLE_CACHE": str(warm).lower()}
+    them: start-up put every pool example into the cache; with it off, the search computes them. The
+    bundled base model, plain by default though under block attention, is not warmed."""
+    env = {"RARE_WARM_EXAMPLE_CACHE": str(warm).lower()}
+    env |= {"RARE_MODEL": str(block_model_dir)} if trained else {}
+    warm = warm and trained
     with running_server(data_dir, tmp_path / "s.log", env=env) as srv, srv.client() as c:
         pool = c.get("/info").json()["collections"]["tiny"]["examples"]
         before = cache_counts(c)
