@@ -30,6 +30,13 @@ class TokenCounter:
             backend = None
         self._backend = backend
         self._tokenizer = tokenizer
+        # Pre-tokenizers that split on whitespace first: no token spans a whitespace character, so the
+        # count of a string joined at whitespace is the sum of its parts' (rare.prompt relies on it).
+        self.splits_at_whitespace = backend is not None and type(backend.pre_tokenizer).__name__ in (
+            "BertPreTokenizer",
+            "Whitespace",
+            "WhitespaceSplit",
+        )
 
     def count(self, text: str, special: bool = True) -> int:
         return len(self.ids(text, special))
