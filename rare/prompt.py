@@ -142,8 +142,8 @@ class PromptBuilder:
             for s in examples
         ]
         # Sum the blocks' cached counts: exact where tokens never span whitespace (blocks join the query
-        # at newlines), which spares counting the whole string, the larger part of a server's CPU for
-        # a 5-example search; an estimate elsewhere, then verified.
+        # at newlines), sparing a count of the whole string, the larger part of a server's CPU for a
+        # 5-example search; an estimate elsewhere, verified below.
         kept: list[ScoredExample] = []
         total = base_tokens
         for s in capped:
@@ -152,12 +152,9 @@ class PromptBuilder:
                 break
             kept.append(s)
             total += cost
-        if self.counter.splits_at_whitespace:
-            text, starts = layout_query(query, [s.example for s in kept], instr)
-            return AugmentedQuery(text, kept, total, len(text) - len(query), block_starts=starts)
         while True:
             text, starts = layout_query(query, [s.example for s in kept], instr)
-            tokens = self.count(text)
+            tokens = total if self.counter.splits_at_whitespace else self.count(text)
             if tokens <= self.max_tokens or not kept:
                 return AugmentedQuery(text, kept, tokens, len(text) - len(query), block_starts=starts)
             kept.pop()  # least similar goes first
