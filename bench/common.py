@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import socket
@@ -16,6 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_OUT: results from another kind of machine go beside, not over, the reference ones.
 OUT = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "results").resolve()
+
+
+def write_results(stem: str, data: dict, lines: list[str]) -> None:
+    """A bench's results: `<stem>.json` (the figures) and `<stem>.md` (the table, also printed) under OUT."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def machine() -> dict:

@@ -17,7 +17,6 @@ Results: bench/results/dtype-<dataset>[-<model>].json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, machine, machine_line  # noqa: E402
+from bench.common import machine, machine_line, write_results  # noqa: E402
 from rare.encoding import encode_batch  # noqa: E402
 from rare.prompt import encode_columns  # noqa: E402
 
@@ -102,9 +101,7 @@ def main() -> None:
         "rows": list(rows.values()),
         "agreement": agreement,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
     stem = f"dtype-{ds.name}" + (f"-{Path(args.model).name}" if args.model else "")
-    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sizes = [k for k in rows["float32"] if k.startswith("queries_per_s")]
     lines = [
         f"{name} on {ds.name} ({len(docs)} documents, {len(test)} test queries), in-process. "
@@ -133,8 +130,7 @@ def main() -> None:
         f"{agreement['document_cosine_min']}; of each query's top 10, "
         f"{100 * agreement['top10_overlap']:.1f}% the same documents.",
     ]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(stem, result, lines)
 
 
 def _serve(model, augs: list, batch_size: int) -> None:

@@ -14,7 +14,6 @@ variant, test to read it). Results: bench/results/ensemble-<model>-<dataset>.jso
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, ROOT  # noqa: E402
+from bench.common import ROOT, write_results  # noqa: E402
 from eval.metrics import evaluate  # noqa: E402
 from eval.pools import eval_pool  # noqa: E402
 from eval.runner import TOP_K, augment_queries, search  # noqa: E402
@@ -112,9 +111,7 @@ def main() -> None:
             table.setdefault(name, {})[split] = round(100 * ndcg, 2)
             print(name, split, table[name][split], flush=True)
 
-    OUT.mkdir(parents=True, exist_ok=True)
     stem = f"ensemble-{Path(args.model).name}-{ds.name}"
-    (OUT / f"{stem}.json").write_text(json.dumps({"model": args.model, "ndcg@10": table}, indent=2) + "\n")
     lines = [
         f"{model.name} (trained k {model.rare.k}, {model.dtype}) on {ds.name}: query-embedding combinations, "
         "each part L2-normalised (see bench/ensemble.py). nDCG@10 x100.",
@@ -122,8 +119,7 @@ def main() -> None:
         "| combination | " + " | ".join(splits) + " |",
         "|---|" + "---|" * len(splits),
     ] + [f"| {name} | " + " | ".join(str(v.get(s, "-")) for s in splits) + " |" for name, v in table.items()]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(stem, {"model": args.model, "ndcg@10": table}, lines)
 
 
 if __name__ == "__main__":

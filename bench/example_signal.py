@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, ROOT  # noqa: E402
+from bench.common import ROOT, write_results  # noqa: E402
 from eval.metrics import evaluate  # noqa: E402
 from rare.beir_data import load_beir  # noqa: E402
 from rare.cache import corpus_embeddings  # noqa: E402
@@ -100,9 +100,7 @@ def main() -> None:
                     }
                 )
             print(json.dumps(rows[-1]), flush=True)
-    OUT.mkdir(parents=True, exist_ok=True)
     name = f"example_signal-{ds.name}"
-    (OUT / f"{name}.json").write_text(json.dumps({"order": order, "rows": rows}, indent=2) + "\n")
     lines = [
         f"Base all-MiniLM-L6-v2 on {ds.name} test ({len(test)} queries): query embedding + weight x judged "
         f"documents of the nearest training queries (BM25, k={args.k}). nDCG@10 x100.",
@@ -122,8 +120,7 @@ def main() -> None:
     ]
     for b in order["train"]:
         lines.append(f"| {b['place']} | {b['documents']} | {b['median_rank']} | {b['mean_cosine']} |")
-    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(name, {"order": order, "rows": rows}, lines)
 
 
 def file_order_evidence(ds, docs: np.ndarray, row: dict, pool, pool_queries: np.ndarray) -> dict:

@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    OUT,
     ROOT,
     ensure_collection,
     machine,
@@ -30,6 +29,7 @@ from bench.common import (  # noqa: E402
     percentile_ms,
     post_searches,
     start_server,
+    write_results,
 )
 
 
@@ -85,9 +85,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     m = machine()
-    OUT.mkdir(parents=True, exist_ok=True)
     result = {"machine": m, "concurrency": args.concurrency, "runs": runs}
-    (OUT / "gc_pause.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Plain searches at concurrency {args.concurrency} on loopback, bundled model, server defaults but "
         f"RARE_GC_FREEZE; runs in the order made. {machine_line(m)}",
@@ -99,8 +97,7 @@ def main() -> None:
         f"| {r['max_ms']} | {r['over_3x_p50']} |"
         for r in runs
     ]
-    (OUT / "gc_pause.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("gc_pause", result, lines)
 
 
 if __name__ == "__main__":

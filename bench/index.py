@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT, machine  # noqa: E402
+from bench.common import machine, write_results  # noqa: E402
 from rare.beir_data import load_beir  # noqa: E402
 from rare.collection import Collection  # noqa: E402
 from rare.indexer import add_to_collection  # noqa: E402
@@ -69,7 +69,6 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    OUT.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": machine(),
         "device": model.device,
@@ -78,7 +77,6 @@ def main() -> None:
         "target_ratio": 0.95,
     }
     stem = "index" if model.dtype == "float32" else f"index-{model.dtype}"
-    (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         "| dataset | dtype | docs | raw encode docs/s | indexer docs/s | ratio |",
         "|---|---|---|---|---|---|",
@@ -88,8 +86,7 @@ def main() -> None:
         f"{r['indexer_docs_per_s']} | {r['ratio']} |"
         for r in rows
     ]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(stem, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT  # noqa: E402
+from bench.common import write_results  # noqa: E402
 
 LAYOUTS = {"arrival 16": (16, False), "arrival 32": (32, False), "sorted 32": (32, True)}
 
@@ -104,10 +104,8 @@ def main() -> None:
         by = {r["batches"]: r[how] for r in rows if r["queries"] == kind}
         return f"{by['arrival 16'] / by['sorted 32']:.3f} / {by['arrival 32'] / by['sorted 32']:.3f}"
 
-    OUT.mkdir(parents=True, exist_ok=True)
     stem = "packed" if not args.model else f"packed-{Path(args.model).name}"
     result = {"model": model.name, "attention": model.rare.attention, "k": args.k, "rows": rows}
-    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Model {model.name} (attention {model.rare.attention}, pooling {model.rare.pooling}), one torch "
         f"thread, {len(queries)} SciFact test queries, CPU ms per query (median of {args.repeats}).",
@@ -126,8 +124,7 @@ def main() -> None:
         f"- {kind}: one group {vs_sorted(kind, 'one_group_ms')}, grouped {vs_sorted(kind, 'grouped_ms')}"
         for kind in kinds
     ]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(stem, result, lines)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import OUT  # noqa: E402
+from bench.common import write_results  # noqa: E402
 from rare import faiss_index as fx  # noqa: E402
 
 
@@ -85,8 +85,6 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     faiss.cvar.distance_compute_blas_threshold = tuned
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "search.json").write_text(json.dumps({"dim": args.dim, "rows": rows}, indent=2) + "\n")
     lines = [
         f"FAISS IndexFlatIP, top 10, {args.dim} dimensions, random unit vectors; CPU ms a query, best of "
         f"{args.rounds} alternating rounds. faiss: its own switch to BLAS (nq x d >= "
@@ -99,8 +97,7 @@ def main() -> None:
         f"{r['rare_cpu_ms_per_query']} | {r['speedup']}x | {'yes' if r['same_results'] else 'NO'} |"
         for r in rows
     ]
-    (OUT / "search.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("search", {"dim": args.dim, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

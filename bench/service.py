@@ -38,7 +38,6 @@ from urllib.request import urlopen
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    OUT,
     ROOT,
     ensure_collection,
     machine,
@@ -47,6 +46,7 @@ from bench.common import (  # noqa: E402
     post_searches,
     server_cpu,
     start_server,
+    write_results,
 )
 
 
@@ -262,7 +262,6 @@ def main() -> None:
                     "k_latency_x": round(a["p50_ms"] / p["p50_ms"], 2),
                 }
             )
-    OUT.mkdir(parents=True, exist_ok=True)
     result = {
         "machine": machine(),
         "model": model.name,
@@ -279,7 +278,6 @@ def main() -> None:
     stem = "service" if not args.model else f"service-{Path(args.model).name}"
     stem += f"-{args.attention}" if args.attention else ""
     stem += "" if model.dtype == "float32" else f"-{model.dtype}"
-    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Model {model.name} (attention {attention}, pooling {pooling}, "
         f"{model.dtype}), "
@@ -323,8 +321,7 @@ def main() -> None:
         f"| {s['k_cost_x']}x | {s['k_latency_x']}x |"
         for s in summary
     ]
-    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(stem, result, lines)
 
 
 def _cpu_cells(row: dict) -> str:
