@@ -28,7 +28,9 @@ class MicroBatcher:
     """Runs `process(payloads) -> results` on `workers` threads, batching whatever is queued.
 
     `fits(batch, payload)` says whether `payload` may join `batch` (a token budget, a count, ...). A batch
-    is formed only when a worker is free, so what queues meanwhile rides together.
+    is formed only when a worker is free, so what queues meanwhile rides together. With
+    `worth_starting(batch)`, a batch beside a running one starts only once that holds: a call's fixed
+    cost makes a tiny batch on a second worker dearer than waiting for more items or a free worker.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class MicroBatcher:
         max_queue: int,
         on_batch: Callable[[list[Any]], None] | None = None,
         workers: int = 1,
+        worth_starting: Callable[[list[Any]], bool] | None = None,
     ):
         self.name = name
         self._process = process
@@ -49,13 +52,15 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.workers = workers
+        self._worth_starting = worth_starting
+        self._busy = 0
         self._running: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"batch-{name}")
 
     @property
     def in_flight(self) -> int:
         """Batches being processed now."""
-        return len(self._running)
+        return self._busy
 
     @property
     def pending(self) -> int:
@@ -93,19 +98,34 @@ class MicroBatcher:
             self._wakeup.clear()
             while self._queue:
                 await free.acquire()
-                batch: list[_Item] = []
-                while self._queue and (
-                    not batch or self._fits([i.payload for i in batch], self._queue[0].payload)
-                ):
-                    item = self._queue.popleft()
-                    if not item.future.done():  # skip callers that went away
-                        batch.append(item)
-                if not batch:
+                batch = self._take()
+                if batch is None:
                     free.release()
-                    continue
+                    break
                 task = asyncio.get_running_loop().create_task(self._dispatch(batch, free))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+
+    def _take(self) -> list[_Item] | None:
+        """The next batch, off the queue; None when nothing is queued, or when another batch is running
+        and this one is not worth starting beside it yet (it waits for more items or a free worker)."""
+        while self._queue and self._queue[0].future.done():  # callers that went away
+            self._queue.popleft()
+        batch: list[_Item] = []
+        payloads: list[Any] = []
+        for item in self._queue:
+            if item.future.done():
+                continue
+            if payloads and not self._fits(payloads, item.payload):
+                break
+            batch.append(item)
+            payloads.append(item.payload)
+        if not batch or (self._busy and self._worth_starting and not self._worth_starting(payloads)):
+            return None
+        while self._queue.popleft() is not batch[-1]:  # the batch, and the gone callers among it
+            pass
+        self._busy += 1
+        return batch
 
     async def _dispatch(self, batch: list[_Item], free: asyncio.Semaphore) -> None:
         payloads = [i.payload for i in batch]
@@ -121,7 +141,9 @@ class MicroBatcher:
             _fail(batch, exc)
             return
         finally:
+            self._busy -= 1
             free.release()
+            self._wakeup.set()
         if self._on_batch:
             self._on_batch(payloads)
         for i, r in zip(batch, results, strict=True):

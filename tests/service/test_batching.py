@@ -74,3 +74,41 @@ def test_workers_run_batches_side_by_side():
     out, peak, wall = run(main())
     assert out == [[i] for i in range(4)] and peak == 2
     assert wall < 0.35  # four items in batches of two, two at a time: about 0.2 s, not 0.4
+
+
+def test_a_batch_not_worth_starting_waits_for_the_running_one_or_more_items():
+    async def main():
+        batches, running, peak = [], 0, 0
+
+        def process(items):
+            nonlocal running, peak
+            batches.append(list(items))
+            running += 1
+            peak = max(peak, running)
+            time.sleep(0.15)
+            running -= 1
+            return items
+
+        b = MicroBatcher(
+            "t", process, lambda batch, _: True, 100, workers=2, worth_starting=lambda p: len(p) >= 3
+        )
+        b.start()
+        first = asyncio.ensure_future(b.submit([0]))  # nothing running: starts at once, alone
+        await asyncio.sleep(0.05)
+        small = asyncio.ensure_future(b.submit([1, 2]))  # two beside a running batch: not worth it
+        await asyncio.sleep(0.05)
+        waited = [list(x) for x in batches]
+        # The running batch's end starts it: nothing is left waiting for an item that never comes.
+        await asyncio.wait_for(asyncio.gather(first, small), 5)
+        peak_before = peak
+        lone = asyncio.ensure_future(b.submit([3]))
+        await asyncio.sleep(0.05)
+        big = await asyncio.wait_for(b.submit([4, 5, 6]), 5)  # three: worth a second worker at once
+        await lone
+        await b.stop()
+        return waited, batches, peak_before, peak, big
+
+    waited, batches, peak_before, peak, big = run(main())
+    assert waited == [[0]]
+    assert batches[:2] == [[0], [1, 2]] and peak_before == 1
+    assert big == [4, 5, 6] and batches[2:] == [[3], [4, 5, 6]] and peak == 2
