@@ -223,7 +223,8 @@ class LoadedModel:
     def block_encoder(self):
         from rare.block_attention import BlockEncoder
 
-        return BlockEncoder(self.st)  # its cache bound: RARE_EXAMPLE_CACHE_MB, set by the service
+        # Its cache bound: RARE_EXAMPLE_CACHE_MB, set by the service.
+        return BlockEncoder(self.st, counter=self.token_counter)
 
     def _encode_from(self, texts: list[str], pool_from: Sequence[int]):
         import torch

@@ -58,6 +58,13 @@ class TokenCounter:
                 text, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False
             )["offset_mapping"]
 
+    def ids_and_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`ids(text, special=False)` and `offsets(text)` from one tokenization."""
+        if self._backend is not None:
+            enc = self._backend.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        return self.ids(text, special=False), self.offsets(text)
+
     def counts(self, texts: Sequence[str]) -> list[int]:
         """Counts of many texts in one call (bulk work off the event loop: it may release the GIL)."""
         if not texts:

@@ -215,3 +215,30 @@ def test_prepacked_bfloat16_linears_change_nothing_but_rounding(model):
     got, ref = packed.encode(*args), plain.encode(*args)
     assert (got * ref).sum(1).min() > 0.9999, (got * ref).sum(1)
     assert BlockEncoder(model.st).linear is plain_linear  # float32: the modules themselves
+
+
+def test_blocks_tokenized_apart_equal_the_whole_strings_tokens(model):
+    """A structured row built from each block's own token ids (the examples' from a cache) equals the
+    row cut from one tokenization of the whole string, odd text included: served embeddings stay the
+    same bit for bit."""
+    from rare.prompt import encode_columns
+    from tests.rare.odd_builds import random_builds
+
+    aug = QueryAugmenter(model, attention="block", example_doc_tokens=24)
+    enc = BlockEncoder(model.st, counter=model.token_counter)
+    builds = [a for a in random_builds(aug.build, 200) if a.blocks]
+    texts, _, pool_from, blocks = encode_columns(builds)
+    whole = enc._tokenized_rows(texts, pool_from, blocks, model.max_tokens)
+    for _ in range(2):  # the second time, every prefix and example from the cache
+        apart = [enc._block_row(*row, model.max_tokens) for row in zip(texts, pool_from, blocks, strict=True)]
+        assert all(r is not None for r in apart)
+        for i, (w, a) in enumerate(zip(whole, apart, strict=True)):
+            assert a[0] == w[0] and a[3] == w[3], (i, texts[i])
+            assert torch.equal(a[1], w[1]) and torch.equal(a[2], w[2]), (i, texts[i])
+    assert len(builds) > 150 and sum(len(w[0]) > 2 for w in whole) > 100  # rows with examples
+    # Over the length limit the whole-string path decides (it truncates): no row from blocks.
+    assert enc._block_row(texts[0], pool_from[0], blocks[0], 8) is None
+    # A whole batch through `_rows`: the blocks' rows where they apply, the same embeddings as before.
+    assert [r[3] for r in enc._rows(texts[:20], pool_from[:20], blocks[:20], model.max_tokens)] == [
+        w[3] for w in whole[:20]
+    ]

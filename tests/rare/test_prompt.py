@@ -95,28 +95,9 @@ def test_summed_block_counts_equal_the_whole_strings_count(model):
     """The builder counts an augmented query as its bare query's tokens plus each block's cached count,
     without tokenizing the whole string, where the tokenizer splits at whitespace first (the bundled
     one): the sum must be the exact count, odd text included."""
-    import random
-
-    from rare.beir_data import load_beir
-    from tests.conftest import ROOT
+    from tests.rare.odd_builds import random_builds
 
     b = PromptBuilder(model.token_counter, max_tokens=512, example_doc_tokens=24)
     assert b.counter.splits_at_whitespace
-    ds = load_beir(ROOT / "sample" / "tiny", ["train"])
-    texts = list(ds.queries.values()) + [d["text"] for d in ds.corpus.values()]
-    texts += [
-        "naïve café résumé, déjà vu!",
-        "中文字符和English混合",
-        "emoji 🙂🙃 and symbols ©®™ — dash…",
-        "x" * 150 + " a word over a hundred characters",
-        "ends with a combining mark e\u0301",
-        "\u0301starts with one",
-        "tabs\tand\r\nwindows line ends\n",
-        "   leading and trailing spaces   ",
-        "(parenthesised) [bracketed] {braced}: 3.14, 1e-5; a/b\\c",
-    ]
-    rng = random.Random(0)
-    for i in range(200):
-        exs = [Example(str(j), rng.choice(texts), rng.choice(texts)) for j in range(rng.randint(0, 5))]
-        out = b.build(rng.choice(texts), scored(exs), rng.choice([None, "Find", "Given a claim, find: it"]))
+    for i, out in enumerate(random_builds(b.build, 200)):
         assert out.tokens == b.count(out.text), (i, out.text)
