@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -302,7 +303,8 @@ class BlockEncoder:
         self.cache_bytes = cache_bytes
         self._specials = _bert_specials(counter)
         self._counter = counter if self._specials else None
-        self._block_ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # prefix/example text -> ids
+        # Prefix and example texts -> their token ids (bounded like PromptBuilder's block counts).
+        self._ids_of_block = lru_cache(maxsize=BLOCK_IDS_CACHED)(self._block_token_ids)
         # key -> (layers, 2, heads, tokens, head dim): keys and values of one prefix or example.
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._bytes = 0
@@ -373,16 +375,8 @@ class BlockEncoder:
         seg = segment_ids(enc.pop("offset_mapping"), enc["attention_mask"], blocks)
         return [self._split(enc["input_ids"][i], seg[i], pool[i]) for i in range(len(texts))]
 
-    def _ids_of_block(self, text: str) -> tuple[int, ...]:
-        ids = self._block_ids.get(text)
-        if ids is None:
-            ids = tuple(self._counter.ids(text, special=False))
-            self._block_ids[text] = ids
-            if len(self._block_ids) > BLOCK_IDS_CACHED:
-                self._block_ids.popitem(last=False)
-        else:
-            self._block_ids.move_to_end(text)
-        return ids
+    def _block_token_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self._counter.ids(text, special=False))
 
     def _block_row(self, text: str, start: int, blocks: Sequence[int], max_length: int) -> tuple | None:
         """`_split`'s row for one structured text, its blocks tokenized apart: the same ids, since the
@@ -401,10 +395,10 @@ class BlockEncoder:
             ("e", prefix, self._ids_of_block(text[lo:hi])) for lo, hi in zip(blocks, blocks[1:], strict=False)
         ]
         ctx_len = sum(len(k[-1]) for k in keys)
-        q_ids, offsets = self._counter.ids_and_offsets(text[blocks[-1] :])
+        at = blocks[-1]
+        q_ids, offsets = self._counter.ids_and_offsets(text[at:])
         if ctx_len + len(q_ids) + 1 > max_length:
             return None
-        at = blocks[-1]
         span = [e > s and at + s >= start for s, e in offsets]
         pool = span + [False] if any(span) else [True] * (len(q_ids) + 1)  # [SEP]: pooled only when all are
         return keys, torch.tensor([*q_ids, sep]), torch.tensor(pool), ctx_len
