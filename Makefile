@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 RARE := $(VENV)/bin/rare
 BEIR ?= ../shared/data/beir
 
-.PHONY: install serve test lint format bench-index bench-service bench-dtype bench-packed bench-load bench-gc eval-headline compose-config clean
+.PHONY: install serve test lint format bench-index bench-service bench-encode-pool bench-dtype bench-packed bench-load bench-gc eval-headline compose-config clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,9 @@ bench-index: install
 
 bench-service: install
 	$(PY) bench/service.py --beir $(BEIR)/scifact
+
+bench-encode-pool: install
+	$(PY) bench/encode_pool.py --beir $(BEIR)/scifact
 
 bench-dtype: install
 	$(PY) bench/dtype.py --beir $(BEIR)/scifact
