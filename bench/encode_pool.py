@@ -4,7 +4,7 @@
 
 bench/service.py measures a search through HTTP against raw `SentenceTransformer.encode`; this bench takes
 the HTTP layer away. It starts the encode processes `rare serve` would start (the same `WorkerSpec`), and
-drives them from one thread per worker in this process with the plain SciFact test queries, in batches of
+drives them from one thread per worker in this process with the plain test queries, in batches of
 fixed size, the columns `rare serve` sends (`QueryAugmenter.build`, `encode_columns`). Raw in-process
 encoding of the same strings runs before the workers start and after they stop. Between this bench's
 `pool / raw` at the batch sizes the server forms (its /metrics: ~9 queries at concurrency 32) and
@@ -60,8 +60,8 @@ def main() -> None:
             )
         return sorted(runs)[1]
 
-    # Raw runs before the workers start and after they stop: for some seconds after the workers have
-    # run, raw encoding in this process measured up to 25% slower, the workers idle.
+    # Raw runs before the workers start and after they stop: for some seconds after the workers had
+    # started, raw encoding in this process measured up to 25% slower, the workers idle.
     raw()  # warm-up
     before = raw()
     workers, threads = plan_workers("cpu", None)
@@ -127,10 +127,10 @@ def main() -> None:
     }
     lines = [
         f"Model {model.name} ({model.dtype}), {workers} encode worker(s) of {threads} thread(s), driven "
-        f"without HTTP by {workers} thread(s) of this process; {len(texts)} plain SciFact test queries "
-        f"({result['mean_query_tokens']} tokens on average), {args.texts} texts a cell. Raw: in-process "
-        f"`SentenceTransformer.encode` of the same strings, before the workers start and after they stop "
-        f"(median of three each): {before[0]:.1f} and {after[0]:.1f} texts/s, {before[1]:.3f} and "
+        f"without HTTP by {workers} thread(s) of this process; {len(texts)} plain {args.beir.name} test "
+        f"queries ({result['mean_query_tokens']} tokens on average), {args.texts} texts a cell. Raw: "
+        f"in-process `SentenceTransformer.encode` of the same strings, before the workers start and after "
+        f"they stop (median of three each): {before[0]:.1f} and {after[0]:.1f} texts/s, {before[1]:.3f} and "
         f"{after[1]:.3f} ms CPU a text. " + machine_line(result["machine"]),
         "",
         "| batch size | pool texts/s | pool / raw | CPU ms a text (workers / driver) | cores busy |",
