@@ -3,12 +3,13 @@
     python bench/encode_pool.py --beir ../shared/data/beir/scifact [--dtype float32]
 
 bench/service.py measures a search through HTTP against raw `SentenceTransformer.encode`; this bench takes
-the HTTP layer away. It starts the encode processes `rare serve` would start (the same `WorkerSpec`), and
-drives them from one thread per worker in this process with the plain test queries, in batches of
-fixed size, the columns `rare serve` sends (`QueryAugmenter.build`, `encode_columns`). Raw in-process
-encoding of the same strings runs before the workers start and after they stop. Between this bench's
-`pool / raw` at the batch sizes the server forms (its /metrics: ~9 queries at concurrency 32) and
-bench/service.py's `vs raw` lies what the HTTP layer and the engine cost on the same cores.
+the HTTP layer away. It starts the encode processes `rare serve` would start (the same `WorkerSpec`, from
+the same settings: RARE_ENCODE_WORKERS, ...) and drives them from one thread per worker in this process
+with the plain test queries, in batches of fixed size, the columns `rare serve` sends
+(`QueryAugmenter.build`, `encode_columns`). Raw in-process encoding of the same strings runs before the
+workers start and after they stop. Between this bench's `pool / raw` at the batch sizes the server forms
+(its /metrics: ~9 queries at concurrency 32) and bench/service.py's `vs raw` lies what the HTTP layer and
+the engine cost on the same cores.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     from rare.model import load_model, resolve_model_path
     from rare.prompt import encode_columns
     from rare.query import QueryAugmenter
+    from rare.settings import Settings
     from service.encode_pool import EncodePool, WorkerSpec, plan_workers, usable_cpus
 
     model = load_model(args.model, "cpu", args.dtype)
@@ -64,8 +66,19 @@ def main() -> None:
     # started, raw encoding in this process measured up to 25% slower, the workers idle.
     raw()  # warm-up
     before = raw()
-    workers, threads = plan_workers("cpu", None)
-    spec = WorkerSpec(resolve_model_path(args.model), "cpu", model.dtype, threads, usable_cpus(), 1 << 30)
+    s = Settings()  # RARE_ENCODE_WORKERS and the rest, as `rare serve` reads them
+    workers, threads = plan_workers("cpu", s.encode_workers)
+    if workers < 2:
+        sys.exit("one encode worker: `rare serve` then encodes in its own process, with no worker pool")
+    spec = WorkerSpec(
+        resolve_model_path(args.model),
+        "cpu",
+        model.dtype,
+        threads,
+        usable_cpus(),
+        s.example_cache_mb << 20,
+        s.gc_freeze,
+    )
     pool = EncodePool(spec, workers)
     pool.start()
     pool.wait_ready()
