@@ -27,6 +27,24 @@ def write_results(stem: str, data: dict, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
+def raw_encode(model, augs: list, batch_size: int = 32) -> tuple[float, float]:
+    """The benches' raw reference: in-process encode of augmented queries' strings to the embeddings the
+    server gives them: sentence-transformers' `encode` (its defaults: batches of 32) where the model's own
+    pipeline makes them; otherwise (query pooling, block attention) `LoadedModel.encode` over
+    length-sorted batches of 32. Returns (wall seconds, CPU seconds of this process)."""
+    from rare.prompt import encode_columns
+
+    t, cpu = time.perf_counter(), time.process_time()
+    if not any(a.pool_from or a.blocks for a in augs):
+        model.st.encode([a.text for a in augs], normalize_embeddings=True, show_progress_bar=False)
+    else:
+        order = sorted(range(len(augs)), key=lambda i: -augs[i].tokens)
+        for start in range(0, len(order), batch_size):
+            texts, _, pool_from, blocks = encode_columns([augs[i] for i in order[start : start + batch_size]])
+            model.encode(texts, pool_from, blocks)
+    return time.perf_counter() - t, time.process_time() - cpu
+
+
 def machine() -> dict:
     """What a result was measured on: runs on different CPUs are not comparable."""
     from rare.model import cpu_bf16_unit

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, machine_line, server_cpu, write_results  # noqa: E402
+from bench.common import machine, machine_line, raw_encode, server_cpu, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -46,21 +46,14 @@ def main() -> None:
     model = load_model(args.model, "cpu", args.dtype)
     ds = load_beir(args.beir, ["test"])
     queries = [ds.queries[q] for q in sorted(ds.split("test"))]
-    aug = QueryAugmenter(model)
-    texts, lengths, pool_from, blocks = encode_columns([aug.build(q, [], None) for q in queries])
+    augs = [QueryAugmenter(model).build(q, [], None) for q in queries]
+    texts, lengths, pool_from, blocks = encode_columns(augs)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
 
     def raw() -> tuple[float, float]:
-        """(texts a second, CPU ms a text): sentence-transformers' own encode, as bench/service.py's raw;
-        the median of three passes."""
-        runs = []
-        for _ in range(3):
-            t, cpu = time.perf_counter(), time.process_time()
-            model.st.encode(texts, normalize_embeddings=True, show_progress_bar=False)
-            runs.append(
-                (len(texts) / (time.perf_counter() - t), 1000 * (time.process_time() - cpu) / len(texts))
-            )
-        return sorted(runs)[1]
+        """(texts a second, CPU ms a text) of bench/service.py's raw reference; the median of three passes."""
+        runs = [raw_encode(model, augs) for _ in range(3)]
+        return sorted((len(augs) / wall, 1000 * cpu / len(augs)) for wall, cpu in runs)[1]
 
     # Raw runs before the workers start and after they stop: for some seconds after the workers had
     # started, raw encoding in this process measured up to 25% slower, the workers idle.

@@ -8,8 +8,8 @@ sends the test queries at concurrency 1, 8 and 32 as (a) plain searches and (b) 
 the latter once per per-example document budget (a server per budget, RARE_EXAMPLE_DOC_TOKENS), with a
 light keep-alive client (bench.common.RawHttp). Right before and after each cell, with the server idle,
 it encodes the same strings in-process (plain and augmented exactly as the server builds them) to the
-same embeddings (`_timed`); the cell's raw rate is the mean of the two. The server runs with its
-defaults (encode worker processes: one per core up to 4 on CPU). Each cell also records the CPU each
+same embeddings (`bench.common.raw_encode`); the cell's raw rate is the mean of the two. The server runs
+with its defaults (encode worker processes: one per core up to 4 on CPU). Each cell also records the CPU each
 process spent per request (server process, encode workers, this client; from /proc on Linux) beside
 the raw run's CPU per text: where the client shares the server's cores, their ratio bounds `vs raw`.
 Targets: server rps >= 0.9x raw encode rate of the same texts; k-example search cost <= 3x plain.
@@ -44,6 +44,7 @@ from bench.common import (  # noqa: E402
     machine_line,
     percentile_ms,
     post_searches,
+    raw_encode,
     server_cpu,
     start_server,
     write_results,
@@ -188,12 +189,12 @@ def main() -> None:
             aug.build(q, ex, col.manifest.instruction) for q, ex in zip(queries, examples, strict=True)
         ]
         tokens[name] = round(statistics.mean(a.tokens for a in built[name]), 1)
-        _timed(model, built[name])  # warms the in-process example cache
+        raw_encode(model, built[name])  # warms the in-process example cache
     col.close()
 
     def raw(name) -> tuple[float, float]:
         """(texts a second, CPU ms a text) of in-process encoding."""
-        wall, cpu = _timed(model, built[name])
+        wall, cpu = raw_encode(model, built[name])
         return len(built[name]) / wall, 1000 * cpu / len(built[name])
 
     rows, first = [], []
@@ -331,24 +332,6 @@ def _cpu_cells(row: dict) -> str:
         return f"- | {row['raw_cpu_ms']} | - | -"
     share = round(row["raw_cpu_ms"] / sum(per.values()), 3)
     return f"{' / '.join(str(v) for v in per.values())} | {row['raw_cpu_ms']} | {share} | {row['cores_busy']}"
-
-
-def _timed(model, augs: list, batch_size: int = 32) -> tuple[float, float]:
-    """Raw in-process encode of the same strings to the same embeddings: sentence-transformers'
-    `encode` (its defaults: batches of 32) where the model's own pipeline makes them; otherwise (query
-    pooling, block attention) `LoadedModel.encode` over length-sorted batches of 32. Returns (wall
-    seconds, CPU seconds of this process)."""
-    from rare.prompt import encode_columns
-
-    t, cpu = time.perf_counter(), time.process_time()
-    if not any(a.pool_from or a.blocks for a in augs):
-        model.st.encode([a.text for a in augs], normalize_embeddings=True, show_progress_bar=False)
-    else:
-        order = sorted(range(len(augs)), key=lambda i: -augs[i].tokens)
-        for start in range(0, len(order), batch_size):
-            texts, _, pool_from, blocks = encode_columns([augs[i] for i in order[start : start + batch_size]])
-            model.encode(texts, pool_from, blocks)
-    return time.perf_counter() - t, time.process_time() - cpu
 
 
 if __name__ == "__main__":
